@@ -1,0 +1,44 @@
+import statistics
+import time
+
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from doc_pipeline.assets.failures import user_facing_failures
+from doc_pipeline.core.chunk_rows import chunk_rows
+from doc_pipeline.core.epub import InvalidBookError
+from doc_pipeline.core.stages import tracked_stage
+from doc_pipeline.db import store
+from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.resources.app_database import AppDatabase
+from doc_pipeline.resources.local_provider import LocalProvider
+
+
+@asset(partitions_def=documents_partitions, group_name="documents")
+def chunks(
+    context: AssetExecutionContext,
+    extracted_markdown: dict,
+    app_database: AppDatabase,
+    provider: LocalProvider,
+) -> dict:
+    """Chunks of the markdown with stable ids, written by difference in one transaction."""
+    document_id = context.partition_key
+    engine = app_database.engine
+    started = time.perf_counter()
+    with user_facing_failures(), tracked_stage(engine, document_id, "chunking", "chunked"):
+        pieces = provider.chunk(extracted_markdown["markdown"])
+        if not pieces:
+            raise InvalidBookError(f"{extracted_markdown['title']}: no text to chunk")
+        rows = chunk_rows(document_id, pieces)
+        counts = store.write_chunks(engine, document_id, rows)
+    sizes = [row["word_count"] for row in rows]
+    context.add_output_metadata(
+        {
+            "chunks": MetadataValue.int(len(rows)),
+            **{f"rows_{k}": MetadataValue.int(v) for k, v in counts.as_dict().items()},
+            "words_min": MetadataValue.int(min(sizes)),
+            "words_median": MetadataValue.int(int(statistics.median(sizes))),
+            "words_max": MetadataValue.int(max(sizes)),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+        }
+    )
+    return {"document_id": document_id, "chunk_ids": [row["id"] for row in rows]}

@@ -1,0 +1,55 @@
+import time
+from pathlib import Path
+
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from doc_pipeline.assets.failures import user_facing_failures
+from doc_pipeline.core.chunking import count_words
+from doc_pipeline.core.markdown_stats import preview
+from doc_pipeline.core.stages import tracked_stage
+from doc_pipeline.db import store
+from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.resources.app_database import AppDatabase
+from doc_pipeline.resources.local_provider import LocalProvider
+
+
+@asset(partitions_def=documents_partitions, group_name="documents")
+def extracted_markdown(
+    context: AssetExecutionContext,
+    source_document: dict,
+    app_database: AppDatabase,
+    provider: LocalProvider,
+) -> dict:
+    """The book as markdown: spine order, chapter headings, footnotes; licence boilerplate dropped."""
+    document_id = context.partition_key
+    engine = app_database.engine
+    started = time.perf_counter()
+    with user_facing_failures(), tracked_stage(engine, document_id, "extracting", "extracted"):
+        book = provider.extract(
+            Path(source_document["stored_path"]), source_document["source_file"]
+        )
+        store.update_document_fields(
+            engine, document_id, title=book.title, author=book.author, language=book.language
+        )
+    for warning in book.warnings:
+        context.log.warning(f"{source_document['source_file']}: {warning}")
+    context.add_output_metadata(
+        {
+            "title": book.title,
+            "words": MetadataValue.int(count_words(book.markdown)),
+            "characters": MetadataValue.int(len(book.markdown)),
+            "chapters": MetadataValue.int(book.chapter_count),
+            "warnings": MetadataValue.int(len(book.warnings)),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+            "preview": MetadataValue.md(preview(book.markdown)),
+        }
+    )
+    return {
+        "document_id": document_id,
+        "title": book.title,
+        "author": book.author,
+        "language": book.language,
+        "chapter_count": book.chapter_count,
+        "warnings": list(book.warnings),
+        "markdown": book.markdown,
+    }

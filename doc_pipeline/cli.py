@@ -1,0 +1,278 @@
+"""The `doc-pipeline` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from doc_pipeline.settings import Settings
+
+app = typer.Typer(
+    help=(
+        "Turn books (EPUB) into markdown, chunks, embeddings and cross-book connections, "
+        "orchestrated by Dagster. State lives in $DOC_PIPELINE_HOME (default ./.doc_pipeline); "
+        "set DATABASE_URL to use your own Postgres with pgvector instead of the embedded one."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The app database: migrations and the embedded server.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+PROGRESS_STAGES = ("pending", "extracting", "chunking", "embedding", "embedded", "connecting", "connected")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _app_engine():
+    from doc_pipeline.ingest import prepare_app_database
+
+    return prepare_app_database(_settings())
+
+
+def _resolve_document(engine, prefix: str) -> str:
+    from doc_pipeline.db import store
+
+    matches = store.find_documents(engine, prefix)
+    if len(matches) != 1:
+        problem = "no document" if not matches else f"{len(matches)} documents"
+        err.print(f"[red]{problem} with an id starting with {prefix!r}[/red]")
+        raise typer.Exit(2)
+    return matches[0]
+
+
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="EPUB files, or folders searched for them.", exists=True),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Register books and run them through the pipeline; prints a summary per document.
+
+    Runs go through the persistent Dagster instance, so they show in `doc-pipeline ui`. Exits
+    with status 1 if any document failed (after processing all the others)."""
+    from doc_pipeline.db import store
+    from doc_pipeline.ingest import Ingestion
+
+    settings = _settings()
+    progress = Progress(
+        TextColumn("{task.fields[name]}", style="bold"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal and as_json,
+    )
+    tasks: dict[str, int] = {}
+    engine_box: list = []
+    done = threading.Event()
+
+    def registered(outcome) -> None:
+        if outcome.document_id and outcome.document_id not in tasks:
+            tasks[outcome.document_id] = progress.add_task(
+                "pending", total=len(PROGRESS_STAGES) - 1, name=Path(outcome.source_file).name[:40]
+            )
+
+    def finished(outcome) -> None:
+        _show_stage(progress, tasks, outcome.document_id, outcome.stage)
+
+    def watch() -> None:
+        # Stages are written by the assets into the app database; poll them for the bars.
+        while not done.wait(0.3):
+            if not engine_box:
+                continue
+            for row in store.document_summaries(engine_box[0], list(tasks)):
+                _show_stage(progress, tasks, row["id"], row["stage"])
+
+    ingestion = Ingestion(settings, on_registered=registered, on_run_finished=finished)
+    watcher = threading.Thread(target=watch, daemon=True)
+    with progress:
+        from doc_pipeline.ingest import prepare_app_database
+
+        engine_box.append(prepare_app_database(settings))
+        watcher.start()
+        try:
+            outcomes = ingestion.run(paths)
+        finally:
+            done.set()
+            watcher.join()
+    if as_json:
+        _print_json([o.as_dict() for o in outcomes])
+    else:
+        _print_outcomes(outcomes)
+    if any(o.failed for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _show_stage(progress: Progress, tasks: dict[str, int], document_id: str | None, stage: str) -> None:
+    if document_id not in tasks:
+        return
+    if stage == "failed":
+        progress.update(tasks[document_id], description="[red]failed[/red]")
+        return
+    completed = PROGRESS_STAGES.index(stage) if stage in PROGRESS_STAGES else 0
+    progress.update(tasks[document_id], description=stage, completed=completed)
+
+
+def _print_outcomes(outcomes) -> None:
+    table = Table(title="doc-pipeline ingest")
+    for column in ("document", "title", "stage", "chunks", "connections", "seconds"):
+        table.add_column(column, justify="right" if column in ("chunks", "connections", "seconds") else "left")
+    for o in outcomes:
+        stage = f"[red]{o.stage}[/red]" if o.failed else o.stage
+        table.add_row(
+            o.document_id or "-", o.title or Path(o.source_file).name, stage,
+            str(o.chunks), str(o.connections), f"{o.seconds:.1f}",
+        )
+    out.print(table)
+    for o in outcomes:
+        if o.failed:
+            out.print(f"[red]✗ {Path(o.source_file).name}[/red] ({o.error_class}): {o.error_message}")
+
+
+@app.command()
+def status(
+    document: Annotated[str | None, typer.Argument(help="A document id (or its first characters).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show each document's stage, counts and last error."""
+    from doc_pipeline.db import store
+
+    engine = _app_engine()
+    ids = [_resolve_document(engine, document)] if document else None
+    rows = store.document_summaries(engine, ids)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        out.print("No documents yet. Add some with `doc-pipeline ingest PATH`.")
+        return
+    table = Table()
+    for column in ("document", "title", "stage", "chunks", "connections", "updated", "error"):
+        table.add_column(column)
+    for row in rows:
+        error = f"{row['error_class']}: {row['error_message']}" if row["error_class"] else ""
+        table.add_row(
+            row["id"], row["title"] or row["source_file"], row["stage"], str(row["chunks"]),
+            str(row["connections"]), row["updated_at"].strftime("%Y-%m-%d %H:%M:%S"), error,
+        )
+    out.print(table)
+
+
+@app.command()
+def export(
+    document: Annotated[str, typer.Argument(help="A document id (or its first characters).")],
+) -> None:
+    """Print a document's chunks as JSON lines: id, index, content, heading path, metadata."""
+    from doc_pipeline.db import store
+
+    engine = _app_engine()
+    for chunk in store.load_chunks(engine, _resolve_document(engine, document)):
+        record = {
+            "id": chunk["id"],
+            "index": chunk["chunk_index"],
+            "content": chunk["content"],
+            "heading_path": chunk["heading_path"],
+            "metadata": chunk["metadata"],
+        }
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the Dagster webserver.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Start `dagster dev` (webserver and daemon) on this project's instance and database."""
+    from doc_pipeline.instance import dagster_environment
+
+    settings = _settings()
+    env = {**os.environ, **dagster_environment(settings)}
+    _app_engine()
+    command = [
+        sys.executable, "-m", "dagster", "dev", "-m", "doc_pipeline.definitions",
+        "--host", host, "--port", str(port),
+    ]
+    err.print(f"Dagster UI on http://{host}:{port} (instance in {settings.dagster_home})")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from doc_pipeline.db import migrate
+    from doc_pipeline.db.server import database_urls
+
+    migrate.upgrade(database_urls(_settings()).app, revision)
+    out.print(f"app database at revision {migrate.current_revision(database_urls(_settings()).app)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. -1 or base.")]) -> None:
+    """Revert migrations down to REVISION."""
+    from doc_pipeline.db import migrate
+    from doc_pipeline.db.server import database_urls
+
+    url = database_urls(_settings()).app
+    migrate.downgrade(url, revision)
+    out.print(f"app database at revision {migrate.current_revision(url) or 'base (empty)'}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the app database's migration revision and the newest one."""
+    from doc_pipeline.db import migrate
+    from doc_pipeline.db.server import database_urls
+
+    current = migrate.current_revision(database_urls(_settings()).app)
+    out.print(f"current: {current or 'base (empty)'}  head: {migrate.head_revision()}")
+
+
+@db_app.command("url")
+def db_url(
+    dagster: Annotated[bool, typer.Option("--dagster", help="The Dagster instance's database.")] = False,
+) -> None:
+    """Print the SQLAlchemy URL of the app database (starts the embedded server if needed)."""
+    from doc_pipeline.db.server import database_urls
+
+    urls = database_urls(_settings())
+    out.print(urls.dagster if dagster else urls.app, soft_wrap=True, highlight=False)
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded Postgres server of this home (no-op with DATABASE_URL)."""
+    from doc_pipeline.db.server import stop_embedded
+
+    settings = _settings()
+    stopped = stop_embedded(settings.pgdata)
+    out.print("embedded Postgres stopped" if stopped else "embedded Postgres was not running")

@@ -1,0 +1,63 @@
+"""Registering an uploaded file: hash it, keep a copy in the blob store, add its document row."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from doc_pipeline.core.ids import document_id_for, file_sha256
+from doc_pipeline.db import store
+
+SUPPORTED_SUFFIXES = (".epub",)
+
+
+@dataclass(frozen=True)
+class RegisteredFile:
+    document_id: str
+    content_sha256: str
+    source_file: str
+    stored_path: Path
+    is_new: bool
+
+
+def stored_source_path(blob_dir: Path, document_id: str, source_file: str) -> Path:
+    # Only the suffix of the untrusted upload name is used in the path.
+    return blob_dir / "sources" / f"{document_id}{Path(source_file).suffix.lower()}"
+
+
+def find_book_files(paths: list[Path]) -> list[Path]:
+    """Files given directly, plus supported books found under given folders, in name order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+            )
+        else:
+            found.append(path)
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def register_file(engine: Engine, blob_dir: Path, path: Path) -> RegisteredFile:
+    """Copy the file into the blob store under its content's id and register the document."""
+    sha256 = file_sha256(path)
+    document_id = document_id_for(sha256)
+    target = stored_source_path(blob_dir, document_id, path.name)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        shutil.copyfile(path, temporary)
+        os.replace(temporary, target)
+    is_new = store.register_document(
+        engine,
+        document_id=document_id,
+        content_sha256=sha256,
+        source_file=path.name,
+        byte_size=path.stat().st_size,
+    )
+    return RegisteredFile(document_id, sha256, path.name, target, is_new)

@@ -1,0 +1,64 @@
+"""The semantic connection engine: nearest chunks of other documents through pgvector HNSW."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from doc_pipeline.db.store import Edge
+
+CONNECTION_TYPE = "semantic"
+# The HNSW index exists for this width only (see migration 0001); the query must use the same
+# expression as the index, `embedding::vector(768)`, for the planner to pick it.
+INDEXED_DIMENSIONS = 768
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    min_similarity: float  # depends on the embedder: lexical vectors of two books rarely pass 0.2
+    top_k: int = 5
+    ef_search: int = 100
+
+
+def find_semantic_edges(
+    conn: sa.Connection, document_id: str, model: str, config: SemanticConfig
+) -> list[Edge]:
+    """For each chunk of the document, up to top_k chunks of other documents with cosine
+    similarity at least min_similarity, embedded with the same model."""
+    # Iterative scans keep searching when the filter (other documents only) removes candidates.
+    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(max(config.ef_search, config.top_k))}"))
+    dims = INDEXED_DIMENSIONS
+    rows = conn.execute(
+        sa.text(
+            f"""
+            SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity
+            FROM embeddings s
+            CROSS JOIN LATERAL (
+                SELECT o.chunk_id,
+                       o.embedding::vector({dims}) <=> s.embedding::vector({dims}) AS distance
+                FROM embeddings o
+                WHERE o.dimensions = {dims} AND o.model = s.model
+                  AND o.document_id <> s.document_id
+                ORDER BY o.embedding::vector({dims}) <=> s.embedding::vector({dims})
+                LIMIT :top_k
+            ) n
+            WHERE s.document_id = :document_id AND s.model = :model AND s.dimensions = {dims}
+            """
+        ),
+        {"document_id": document_id, "model": model, "top_k": config.top_k},
+    )
+    edges = []
+    for row in rows:
+        similarity = min(1.0, max(0.0, float(row.similarity)))
+        if similarity >= config.min_similarity:
+            edges.append(
+                Edge(
+                    source_chunk_id=row.source,
+                    target_chunk_id=row.target,
+                    strength=round(similarity, 6),
+                    metadata={"similarity": round(similarity, 6), "model": model},
+                )
+            )
+    return edges

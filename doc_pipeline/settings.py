@@ -1,0 +1,47 @@
+"""Where doc_pipeline keeps its state, read from the environment.
+
+Everything the embedded default needs lives under one home folder so that a user can see it,
+back it up or delete it: the embedded Postgres data, the blob store, the Dagster home and the
+uploads folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "DOC_PIPELINE_HOME"
+DATABASE_URL_ENV = "DATABASE_URL"
+DEFAULT_HOME = Path(".doc_pipeline")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str | None  # an external Postgres with pgvector; None means the embedded one
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+        return cls(home=home, database_url=os.environ.get(DATABASE_URL_ENV) or None)
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.blob_dir, self.dagster_home, self.uploads_dir):
+            path.mkdir(parents=True, exist_ok=True)

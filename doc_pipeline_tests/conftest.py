@@ -1,0 +1,63 @@
+"""Shared fixtures: one embedded Postgres for the session, a fresh database per use.
+
+Every server a fixture starts is stopped by its own pid at teardown, also when tests fail.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from doc_pipeline.db import migrate
+from doc_pipeline.db.server import database_urls, stop_embedded
+from doc_pipeline.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CORPUS = PROJECT_ROOT.parent / "shared" / "corpus"
+GOOD_BOOKS = sorted((CORPUS / "epub").glob("*.epub"))
+MALFORMED_BOOKS = sorted((CORPUS / "malformed").glob("*.epub"))
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    assert GOOD_BOOKS, f"the test corpus is missing: {CORPUS}"
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory) -> Iterator[str]:
+    """An embedded Postgres 18 + pgvector for the whole session; yields its server URL."""
+    home = tmp_path_factory.mktemp("pg-home")
+    settings = Settings(home=home, database_url=None)
+    try:
+        urls = database_urls(settings)
+        yield make_url(urls.app).set(database="postgres").render_as_string(hide_password=False)
+    finally:
+        stop_embedded(settings.pgdata)
+
+
+def create_database(server_url: str, prefix: str = "test") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def empty_database_url(postgres_server) -> str:
+    """A new, empty database (no migrations applied)."""
+    return create_database(postgres_server)
+
+
+@pytest.fixture
+def app_database_url(empty_database_url) -> str:
+    """A new database migrated to the newest schema."""
+    migrate.upgrade(empty_database_url)
+    return empty_database_url

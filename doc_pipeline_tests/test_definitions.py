@@ -1,0 +1,18 @@
+from dagster import AssetKey, Definitions
+
+from doc_pipeline.definitions import DOCUMENT_JOB, defs
+from doc_pipeline.partitions import documents_partitions
+
+STAGES = ["source_document", "extracted_markdown", "chunks", "embeddings", "connections"]
+
+
+def test_definitions_load_with_the_document_job():
+    Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def(DOCUMENT_JOB)
+    assert job.executor_def.name == "in_process"
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(STAGES)
+    for upstream, downstream in zip(STAGES, STAGES[1:], strict=False):
+        assert AssetKey(upstream) in graph.get(AssetKey(downstream)).parent_keys
+    for stage in STAGES:
+        assert graph.get(AssetKey(stage)).partitions_def == documents_partitions

@@ -1,0 +1,44 @@
+"""The README's first command on a fresh home: no DATABASE_URL, nothing running beforehand."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from doc_pipeline.db.server import embedded_server_pid, stop_embedded
+from doc_pipeline_tests.conftest import PROJECT_ROOT
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "doc_pipeline", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ingest_samples_on_the_embedded_default(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_HOME")}
+    env["DOC_PIPELINE_HOME"] = str(home)
+    samples = tmp_path / "samples"
+    shutil.copytree(PROJECT_ROOT / "samples", samples)
+    try:
+        result = _run("ingest", str(samples), "--json", env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outcomes = json.loads(result.stdout)
+        assert len(outcomes) == 2
+        assert all(o["stage"] == "connected" and o["chunks"] > 0 for o in outcomes)
+        assert all(o["connections"] > 0 for o in outcomes)
+        first_pid = embedded_server_pid(home / "pgdata")
+        assert first_pid is not None, "the embedded server keeps running for later commands"
+        assert {p.name for p in home.iterdir()} >= {"pgdata", "blobs", "dagster", "uploads"}
+
+        table = _run("status", env=env)
+        assert table.returncode == 0 and "connected" in table.stdout
+        assert embedded_server_pid(home / "pgdata") == first_pid, "later commands reuse it"
+
+        stopped = _run("db", "stop", env=env)
+        assert stopped.returncode == 0 and embedded_server_pid(home / "pgdata") is None
+    finally:
+        stop_embedded(home / "pgdata")

@@ -1,0 +1,148 @@
+"""Writes by difference against a real Postgres (the embedded server)."""
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from doc_pipeline.core.ids import chunk_ids
+from doc_pipeline.core.semantic import SemanticConfig, find_semantic_edges
+from doc_pipeline.db import store
+
+
+def _rows(document_id: str, contents: list[str]) -> list[dict]:
+    return [
+        {
+            "id": chunk_id,
+            "chunk_index": index,
+            "content": content,
+            "start_offset": index * 100,
+            "end_offset": index * 100 + len(content),
+            "word_count": len(content.split()),
+            "char_count": len(content),
+            "heading_path": ["Chapter"],
+            "metadata": {},
+        }
+        for index, (chunk_id, content) in enumerate(
+            zip(chunk_ids(document_id, contents), contents, strict=True)
+        )
+    ]
+
+
+def _register(engine, document_id: str) -> None:
+    store.register_document(
+        engine, document_id=document_id, content_sha256=document_id * 4, source_file="x.epub",
+        byte_size=1,
+    )
+
+
+def _xmins(engine, table: str) -> dict[str, str]:
+    key = "chunk_id" if table == "embeddings" else "id"
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text(f"SELECT {key}::text, xmin::text FROM {table}")).all())
+
+
+@pytest.fixture
+def engine(app_database_url):
+    engine = store.engine_for(app_database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_rewriting_the_same_chunks_touches_no_row(engine):
+    _register(engine, "doc1")
+    rows = _rows("doc1", ["one two", "three four", "five six"])
+    assert store.write_chunks(engine, "doc1", rows).inserted == 3
+    before = _xmins(engine, "chunks")
+    counts = store.write_chunks(engine, "doc1", rows)
+    assert counts.as_dict() == {"inserted": 0, "updated": 0, "deleted": 0, "unchanged": 3}
+    assert _xmins(engine, "chunks") == before
+
+
+def test_changed_chunk_replaced_and_shifted_indices_updated_in_one_write(engine):
+    _register(engine, "doc1")
+    store.write_chunks(engine, "doc1", _rows("doc1", ["a b", "c d", "e f"]))
+    counts = store.write_chunks(engine, "doc1", _rows("doc1", ["new", "a b", "C D", "e f"]))
+    # "a b" and "e f" keep their ids but move; "c d" vanished; "new" and "C D" are new.
+    assert counts.as_dict() == {"inserted": 2, "updated": 2, "deleted": 1, "unchanged": 0}
+    loaded = store.load_chunks(engine, "doc1")
+    assert [c["content"] for c in loaded] == ["new", "a b", "C D", "e f"]
+    assert [c["chunk_index"] for c in loaded] == [0, 1, 2, 3]
+
+
+def test_embeddings_only_for_missing_chunks_and_cascade_on_chunk_removal(engine):
+    _register(engine, "doc1")
+    store.write_chunks(engine, "doc1", _rows("doc1", ["a b", "c d"]))
+    missing = store.chunks_missing_embeddings(engine, "doc1", "m")
+    assert len(missing) == 2
+    vectors = {cid: np.ones(768, dtype=np.float32) / np.sqrt(768) for cid, _ in missing}
+    assert store.write_embeddings(engine, "doc1", "m", vectors).inserted == 2
+    assert store.chunks_missing_embeddings(engine, "doc1", "m") == []
+    assert store.write_embeddings(engine, "doc1", "m", vectors).inserted == 0
+    store.write_chunks(engine, "doc1", _rows("doc1", ["a b"]))
+    assert store.count_embeddings(engine, "doc1", "m") == 1
+
+
+def _unit(*values: float) -> np.ndarray:
+    vector = np.zeros(768, dtype=np.float32)
+    vector[: len(values)] = values
+    return vector / np.linalg.norm(vector)
+
+
+def _embed(engine, document_id: str, contents: list[str], vectors: list[np.ndarray]) -> list[str]:
+    _register(engine, document_id)
+    rows = _rows(document_id, contents)
+    store.write_chunks(engine, document_id, rows)
+    ids = [row["id"] for row in rows]
+    store.write_embeddings(engine, document_id, "m", dict(zip(ids, vectors, strict=True)))
+    return ids
+
+
+def test_semantic_edges_only_to_other_documents_above_threshold_top_k(engine):
+    (a1,) = _embed(engine, "docA", ["a"], [_unit(1, 0, 0)])
+    b_ids = _embed(
+        engine, "docB", ["b1", "b2", "b3"], [_unit(1, 0.1, 0), _unit(1, 0.5, 0), _unit(0, 1, 0)]
+    )
+    _embed(engine, "docA2", ["a-twin"], [_unit(1, 0, 0.01)])
+    with engine.begin() as conn:
+        edges = find_semantic_edges(conn, "docA", "m", SemanticConfig(min_similarity=0.5, top_k=2))
+    targets = [edge.target_chunk_id for edge in edges]
+    assert all(edge.source_chunk_id == a1 for edge in edges)
+    assert b_ids[2] not in targets  # orthogonal: below the threshold
+    assert len(targets) == 2 and b_ids[1] not in targets  # top 2: the twin and b1
+    assert all(0.5 <= edge.strength <= 1.0 for edge in edges)
+
+
+def test_connections_written_by_difference_and_removed_with_their_chunks(engine):
+    (a1,) = _embed(engine, "docA", ["a"], [_unit(1, 0)])
+    b_ids = _embed(engine, "docB", ["b1", "b2"], [_unit(1, 0.2), _unit(1, 0.3)])
+    config = SemanticConfig(min_similarity=0.1, top_k=5)
+    with engine.begin() as conn:
+        edges = find_semantic_edges(conn, "docA", "m", config)
+        assert store.write_connections(conn, "docA", "semantic", edges).inserted == 2
+    before = _xmins(engine, "connections")
+    with engine.begin() as conn:
+        edges = find_semantic_edges(conn, "docA", "m", config)
+        assert store.write_connections(conn, "docA", "semantic", edges).unchanged == 2
+    assert _xmins(engine, "connections") == before
+    # Re-chunking B without b2 removes its connection in the same transaction (cascade).
+    store.write_chunks(engine, "docB", [r for r in _rows("docB", ["b1", "b2"]) if r["content"] == "b1"])
+    with engine.connect() as conn:
+        targets = conn.execute(sa.text("SELECT target_chunk_id FROM connections")).scalars().all()
+    assert targets == [b_ids[0]]
+    # Edges pointing at chunks that are gone are skipped instead of violating the foreign key.
+    with engine.begin() as conn:
+        stale = store.Edge(a1, b_ids[1], 0.9, {})
+        counts = store.write_connections(conn, "docA", "semantic", [stale])
+    assert counts.inserted == 0
+
+
+def test_connection_constraints_hold(engine):
+    (a1,) = _embed(engine, "docA", ["a"], [_unit(1, 0)])
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO connections (source_chunk_id, target_chunk_id, connection_type, strength)"
+                " VALUES (:a, :a, 'semantic', 0.5)"
+            ),
+            {"a": a1},
+        )
