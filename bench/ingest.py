@@ -94,7 +94,9 @@ def main() -> None:
 
     core_total = sum(core.values())
     figures = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "books": len(books),
         "words": words,
         "chunks": chunk_count,
@@ -114,7 +116,8 @@ def main() -> None:
     for stage in STAGES:
         print(f"{stage:<20}{core.get(stage, 0.0):>10.3f}{steps.get(stage, 0.0):>16.3f}")
     print(f"ingest wall time        {wall:.2f} s")
-    print(f"words/s                 {figures['words_per_second']:,}  (core alone: {figures['core_words_per_second']:,})")
+    core_rate = figures["core_words_per_second"]
+    print(f"words/s                 {figures['words_per_second']:,}  (core alone: {core_rate:,})")
     print(f"chunks/s                {figures['chunks_per_second']}")
     print(f"outside extract/chunk/embed: {figures['overhead_share']:.1%} of wall time")
 

@@ -27,13 +27,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-db_app = typer.Typer(help="The app database: migrations and the embedded server.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The app database: migrations and the embedded server.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 
 out = Console()
 err = Console(stderr=True)
 
-PROGRESS_STAGES = ("pending", "extracting", "chunking", "embedding", "embedded", "connecting", "connected")
+PROGRESS_STAGES = (
+    "pending",
+    "extracting",
+    "chunking",
+    "embedding",
+    "embedded",
+    "connecting",
+    "connected",
+)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -133,7 +143,9 @@ def ingest(
         raise typer.Exit(1)
 
 
-def _show_stage(progress: Progress, tasks: dict[str, int], document_id: str | None, stage: str) -> None:
+def _show_stage(
+    progress: Progress, tasks: dict[str, int], document_id: str | None, stage: str
+) -> None:
     if document_id not in tasks:
         return
     if stage == "failed":
@@ -146,22 +158,32 @@ def _show_stage(progress: Progress, tasks: dict[str, int], document_id: str | No
 def _print_outcomes(outcomes) -> None:
     table = Table(title="doc-pipeline ingest")
     for column in ("document", "title", "stage", "chunks", "connections", "seconds"):
-        table.add_column(column, justify="right" if column in ("chunks", "connections", "seconds") else "left")
+        table.add_column(
+            column, justify="right" if column in ("chunks", "connections", "seconds") else "left"
+        )
     for o in outcomes:
         stage = f"[red]{o.stage}[/red]" if o.failed else o.stage
         table.add_row(
-            o.document_id or "-", o.title or Path(o.source_file).name, stage,
-            str(o.chunks), str(o.connections), f"{o.seconds:.1f}",
+            o.document_id or "-",
+            o.title or Path(o.source_file).name,
+            stage,
+            str(o.chunks),
+            str(o.connections),
+            f"{o.seconds:.1f}",
         )
     out.print(table)
     for o in outcomes:
         if o.failed:
-            out.print(f"[red]✗ {Path(o.source_file).name}[/red] ({o.error_class}): {o.error_message}")
+            out.print(
+                f"[red]✗ {Path(o.source_file).name}[/red] ({o.error_class}): {o.error_message}"
+            )
 
 
 @app.command()
 def status(
-    document: Annotated[str | None, typer.Argument(help="A document id (or its first characters).")] = None,
+    document: Annotated[
+        str | None, typer.Argument(help="A document id (or its first characters).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show each document's stage, counts and last error."""
@@ -182,8 +204,13 @@ def status(
     for row in rows:
         error = f"{row['error_class']}: {row['error_message']}" if row["error_class"] else ""
         table.add_row(
-            row["id"], row["title"] or row["source_file"], row["stage"], str(row["chunks"]),
-            str(row["connections"]), row["updated_at"].strftime("%Y-%m-%d %H:%M:%S"), error,
+            row["id"],
+            row["title"] or row["source_file"],
+            row["stage"],
+            str(row["chunks"]),
+            str(row["connections"]),
+            row["updated_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            error,
         )
     out.print(table)
 
@@ -219,8 +246,16 @@ def ui(
     env = {**os.environ, **dagster_environment(settings)}
     _app_engine()
     command = [
-        sys.executable, "-m", "dagster", "dev", "-m", "doc_pipeline.definitions",
-        "--host", host, "--port", str(port),
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "doc_pipeline.definitions",
+        "--host",
+        host,
+        "--port",
+        str(port),
     ]
     err.print(f"Dagster UI on http://{host}:{port} (instance in {settings.dagster_home})")
     raise typer.Exit(subprocess.call(command, env=env))
@@ -233,7 +268,9 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     from doc_pipeline.db.server import database_urls
 
     migrate.upgrade(database_urls(_settings()).app, revision)
-    out.print(f"app database at revision {migrate.current_revision(database_urls(_settings()).app)}")
+    out.print(
+        f"app database at revision {migrate.current_revision(database_urls(_settings()).app)}"
+    )
 
 
 @db_app.command("downgrade")
@@ -259,7 +296,9 @@ def db_current() -> None:
 
 @db_app.command("url")
 def db_url(
-    dagster: Annotated[bool, typer.Option("--dagster", help="The Dagster instance's database.")] = False,
+    dagster: Annotated[
+        bool, typer.Option("--dagster", help="The Dagster instance's database.")
+    ] = False,
 ) -> None:
     """Print the SQLAlchemy URL of the app database (starts the embedded server if needed)."""
     from doc_pipeline.db.server import database_urls

@@ -125,7 +125,9 @@ class Ingestion:
             if document.get("stage") != "failed":
                 # The run failed outside any stage (e.g. a resource could not start).
                 store.mark_failed(engine, outcome.document_id, TRANSIENT, _run_failure(result))
-        outcome.stage = (store.get_document(engine, outcome.document_id) or {}).get("stage", "failed")
+        outcome.stage = (store.get_document(engine, outcome.document_id) or {}).get(
+            "stage", "failed"
+        )
         self.on_run_finished(outcome)
 
     @staticmethod

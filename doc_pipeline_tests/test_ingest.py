@@ -22,7 +22,10 @@ MAX_WORDS = 1200
 
 # Chapter headings (from each book's table of contents) that must survive into the markdown.
 EXPECTED_HEADINGS = {
-    "pg1661-sherlock-holmes.epub2.epub": ["A SCANDAL IN BOHEMIA", "THE ADVENTURE OF THE COPPER BEECHES"],
+    "pg1661-sherlock-holmes.epub2.epub": [
+        "A SCANDAL IN BOHEMIA",
+        "THE ADVENTURE OF THE COPPER BEECHES",
+    ],
     "se-abbott-flatland.epub3.epub": ["Part I", "Concerning the Inhabitants of Flatland"],
     "se-keynes-economic-consequences-of-the-peace.epub3.epub": ["Introductory", "The Treaty"],
     "pg14838-peter-rabbit.epub3.epub": ["THE TALE OF PETER RABBIT"],

@@ -36,7 +36,8 @@ def test_schema_matches_the_models(app_database_url):
     with engine.connect() as conn:
         context = MigrationContext.configure(conn)
         differences = [
-            d for d in compare_metadata(context, Base.metadata)
+            d
+            for d in compare_metadata(context, Base.metadata)
             # Expression indexes (the HNSW one) are invisible to the models by design.
             if not (d[0] == "remove_index" and d[1].name == "ix_embeddings_hnsw_768")
         ]

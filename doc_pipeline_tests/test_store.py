@@ -30,7 +30,10 @@ def _rows(document_id: str, contents: list[str]) -> list[dict]:
 
 def _register(engine, document_id: str) -> None:
     store.register_document(
-        engine, document_id=document_id, content_sha256=document_id * 4, source_file="x.epub",
+        engine,
+        document_id=document_id,
+        content_sha256=document_id * 4,
+        source_file="x.epub",
         byte_size=1,
     )
 
@@ -125,7 +128,9 @@ def test_connections_written_by_difference_and_removed_with_their_chunks(engine)
         assert store.write_connections(conn, "docA", "semantic", edges).unchanged == 2
     assert _xmins(engine, "connections") == before
     # Re-chunking B without b2 removes its connection in the same transaction (cascade).
-    store.write_chunks(engine, "docB", [r for r in _rows("docB", ["b1", "b2"]) if r["content"] == "b1"])
+    store.write_chunks(
+        engine, "docB", [r for r in _rows("docB", ["b1", "b2"]) if r["content"] == "b1"]
+    )
     with engine.connect() as conn:
         targets = conn.execute(sa.text("SELECT target_chunk_id FROM connections")).scalars().all()
     assert targets == [b_ids[0]]
@@ -141,7 +146,8 @@ def test_connection_constraints_hold(engine):
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO connections (source_chunk_id, target_chunk_id, connection_type, strength)"
+                "INSERT INTO connections"
+                " (source_chunk_id, target_chunk_id, connection_type, strength)"
                 " VALUES (:a, :a, 'semantic', 0.5)"
             ),
             {"a": a1},

@@ -26,10 +26,42 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"), Non
 _PG_START = re.compile(r"\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^*]*\*\*\*", re.I)
 _PG_END = re.compile(r"(?:\*\*\*\s*)?END OF (?:THE |THIS )?PROJECT GUTENBERG", re.I)
 _SKIP_TAGS = {"head", "script", "style", "svg", "math", "title"}
-_BLOCK_TAGS = {"address", "article", "aside", "blockquote", "body", "br", "dd", "div", "dl",
-               "dt", "figcaption", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6",
-               "header", "hgroup", "hr", "li", "main", "nav", "ol", "p", "pre", "section",
-               "table", "td", "th", "tr", "ul"}
+_BLOCK_TAGS = {
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "body",
+    "br",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "figcaption",
+    "figure",
+    "footer",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hgroup",
+    "hr",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "table",
+    "td",
+    "th",
+    "tr",
+    "ul",
+}
 _OPF_NS = "{http://www.idpf.org/2007/opf}"
 _CONTAINER_NS = "{urn:oasis:names:tc:opendocument:xmlns:container}"
 
@@ -57,8 +89,7 @@ def coverage(expected: list[str], actual: list[str]) -> float:
 
 
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(recover=True, resolve_entities=False, no_network=True,
-                           load_dtd=False)
+    return etree.XMLParser(recover=True, resolve_entities=False, no_network=True, load_dtd=False)
 
 
 def _spine_files(zf: zipfile.ZipFile) -> list[str]:
@@ -113,8 +144,8 @@ def _local(el: etree._Element) -> str:
 def _cut_gutenberg(text: str) -> str:
     start = _PG_START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _PG_END.search(text)
     if end:
-        text = text[:end.start()]
+        text = text[: end.start()]
     return text

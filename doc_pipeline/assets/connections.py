@@ -23,7 +23,9 @@ def connections(
     engine = app_database.engine
     started = time.perf_counter()
     with tracked_stage(engine, document_id, "connecting", "connected"), engine.begin() as conn:
-        edges = find_semantic_edges(conn, document_id, embeddings["model"], provider.semantic_config)
+        edges = find_semantic_edges(
+            conn, document_id, embeddings["model"], provider.semantic_config
+        )
         counts = store.write_connections(conn, document_id, CONNECTION_TYPE, edges)
     strongest = sorted(edges, key=lambda edge: edge.strength, reverse=True)[:10]
     table = "\n".join(

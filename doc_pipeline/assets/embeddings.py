@@ -31,7 +31,10 @@ def embeddings(
             batch = missing[offset : offset + BATCH_SIZE]
             vectors = provider.embed([content for _, content in batch])
             written = store.write_embeddings(
-                engine, document_id, model, dict(zip((cid for cid, _ in batch), vectors, strict=True))
+                engine,
+                document_id,
+                model,
+                dict(zip((cid for cid, _ in batch), vectors, strict=True)),
             )
             inserted += written.inserted
         total = store.count_embeddings(engine, document_id, model)

@@ -20,7 +20,7 @@ def extracted_markdown(
     app_database: AppDatabase,
     provider: LocalProvider,
 ) -> dict:
-    """The book as markdown: spine order, chapter headings, footnotes; licence boilerplate dropped."""
+    """The book as markdown: spine order, chapter headings, footnotes; no licence boilerplate."""
     document_id = context.partition_key
     engine = app_database.engine
     started = time.perf_counter()

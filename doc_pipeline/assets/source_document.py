@@ -8,15 +8,21 @@ from doc_pipeline.resources.source_store import SourceStore
 
 
 @asset(partitions_def=documents_partitions, group_name="documents")
-def source_document(context: AssetExecutionContext, app_database: AppDatabase, source_store: SourceStore):
+def source_document(
+    context: AssetExecutionContext, app_database: AppDatabase, source_store: SourceStore
+):
     """The registered upload: its stored copy, checked against the content hash it is named by."""
     document_id = context.partition_key
     document = store.get_document(app_database.engine, document_id)
     if document is None:
-        raise Failure(f"document {document_id} is not registered; add it with `doc-pipeline ingest`")
+        raise Failure(
+            f"document {document_id} is not registered; add it with `doc-pipeline ingest`"
+        )
     path = source_store.path_for(document_id, document["source_file"])
     if not path.exists() or file_sha256(path) != document["content_sha256"]:
-        message = f"{document['source_file']}: stored copy {path} is missing or does not match its hash"
+        message = (
+            f"{document['source_file']}: stored copy {path} is missing or does not match its hash"
+        )
         store.mark_failed(app_database.engine, document_id, "permanent", message)
         raise Failure(message, allow_retries=False)
     output = {

@@ -53,21 +53,75 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 
 _HEADING_TAGS = {f"h{n}" for n in range(1, 7)}
 _HEADINGISH_XPATH = " or ".join(f"self::{t}" for t in sorted(_HEADING_TAGS | {"hgroup"}))
-_DROP_TAGS = {"head", "script", "style", "svg", "math", "template", "noscript", "object",
-              "iframe", "link", "meta", "title"}
-_BLOCKISH_TAGS = {"header", "footer", "aside", "nav", "figure", "main", "hgroup", "address",
-                  "center", "details", "summary", "body"}
-_INLINE_TAGS = {"a", "span", "em", "i", "b", "strong", "sup", "sub", "small", "abbr", "cite",
-                "u", "q", "code", "mark", "s", "bdi", "bdo", "dfn", "kbd", "var", "time"}
+_DROP_TAGS = {
+    "head",
+    "script",
+    "style",
+    "svg",
+    "math",
+    "template",
+    "noscript",
+    "object",
+    "iframe",
+    "link",
+    "meta",
+    "title",
+}
+_BLOCKISH_TAGS = {
+    "header",
+    "footer",
+    "aside",
+    "nav",
+    "figure",
+    "main",
+    "hgroup",
+    "address",
+    "center",
+    "details",
+    "summary",
+    "body",
+}
+_INLINE_TAGS = {
+    "a",
+    "span",
+    "em",
+    "i",
+    "b",
+    "strong",
+    "sup",
+    "sub",
+    "small",
+    "abbr",
+    "cite",
+    "u",
+    "q",
+    "code",
+    "mark",
+    "s",
+    "bdi",
+    "bdo",
+    "dfn",
+    "kbd",
+    "var",
+    "time",
+}
 
-_PG_IDS = {"pg-header", "pg-footer", "pg-machine-header", "pg-start-separator",
-           "pg-end-separator", "project-gutenberg-license"}
+_PG_IDS = {
+    "pg-header",
+    "pg-footer",
+    "pg-machine-header",
+    "pg-start-separator",
+    "pg-end-separator",
+    "project-gutenberg-license",
+}
 _PG_CLASSES = {"pg-boilerplate", "pgheader", "pgfooter"}
 _PG_LICENCE_TITLE = re.compile(r"full\s+project\s+gutenberg\W{0,3}\s*licen[cs]e", re.I)
 _PG_START = re.compile(
-    r"^[\\* ]*\*[\\* ]*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.I | re.M)
+    r"^[\\* ]*\*[\\* ]*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.I | re.M
+)
 _PG_END = re.compile(
-    r"^[\\* ]*END OF (?:THE |THIS )?PROJECT GUTENBERG(?:'S| E-?BOOK).*$", re.I | re.M)
+    r"^[\\* ]*END OF (?:THE |THIS )?PROJECT GUTENBERG(?:'S| E-?BOOK).*$", re.I | re.M
+)
 
 _NOTE_TYPES = {"footnote", "endnote", "rearnote"}
 _NOTE_ROLES = {"doc-footnote", "doc-endnote"}
@@ -110,8 +164,7 @@ def epub_to_markdown(path: Path, name: str | None = None) -> ExtractedBook:
     opf_path = _check_archive(path, name, warnings)
     book, reader = _read_package(path, name, opf_path, warnings)
     if not book.spine:
-        raise InvalidBookError(
-            f"{name}: empty spine: no reading order (OPF lists no documents)")
+        raise InvalidBookError(f"{name}: empty spine: no reading order (OPF lists no documents)")
     try:
         docs, image_count = _load_documents(book, reader, warnings)
         notes = _Notes(docs)
@@ -119,8 +172,7 @@ def epub_to_markdown(path: Path, name: str | None = None) -> ExtractedBook:
         markdown, chapters = _render(docs, toc, notes, warnings)
     except (etree.LxmlError, KeyError, ValueError, RecursionError) as exc:
         # Bugs or pathological markup must still surface as "this book failed, because".
-        raise InvalidBookError(
-            f"{name}: conversion failed ({type(exc).__name__}: {exc})") from exc
+        raise InvalidBookError(f"{name}: conversion failed ({type(exc).__name__}: {exc})") from exc
     if not _TOKEN.search(_HEADING_MD.sub("", _IMAGE_MD.sub("", markdown))):
         detail = f" (image-only, {image_count} images)" if image_count else ""
         raise InvalidBookError(f"{name}: no extractable text{detail}")
@@ -151,8 +203,14 @@ def _check_archive(path: Path, name: str, warnings: list[str]) -> str:
             raise InvalidBookError(f"{name}: {_not_zip_reason(head)}")
         with zipfile.ZipFile(path) as zf:
             return _check_members(zf, name, warnings)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-            zlib.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+    ) as exc:
         raise InvalidBookError(f"{name}: not a valid ZIP archive ({exc})") from exc
 
 
@@ -183,7 +241,8 @@ def _check_members(zf: zipfile.ZipFile, name: str, warnings: list[str]) -> str:
     if declared > MAX_UNCOMPRESSED_BYTES:
         raise InvalidBookError(
             f"{name}: archive declares {declared:,} uncompressed bytes, "
-            f"over the {MAX_UNCOMPRESSED_BYTES:,}-byte limit")
+            f"over the {MAX_UNCOMPRESSED_BYTES:,}-byte limit"
+        )
     if "mimetype" in members:
         mimetype = zf.read("mimetype").decode("ascii", "replace").strip()
         if mimetype != "application/epub+zip":
@@ -193,7 +252,8 @@ def _check_members(zf: zipfile.ZipFile, name: str, warnings: list[str]) -> str:
     opf_path = _opf_path(zf.read("META-INF/container.xml"), name)
     if opf_path not in members:
         raise InvalidBookError(
-            f"{name}: OPF package file {opf_path!r} named in container.xml is missing")
+            f"{name}: OPF package file {opf_path!r} named in container.xml is missing"
+        )
     return opf_path
 
 
@@ -251,8 +311,9 @@ class _LenientReader(epub.EpubReader):
                 self.toc_errors.append(f"nav table of contents unreadable ({type(exc).__name__})")
 
 
-def _read_package(path: Path, name: str, opf_path: str, warnings: list[str]
-                  ) -> tuple[epub.EpubBook, _LenientReader]:
+def _read_package(
+    path: Path, name: str, opf_path: str, warnings: list[str]
+) -> tuple[epub.EpubBook, _LenientReader]:
     reader = _LenientReader(str(path))
     try:
         book = reader.load()
@@ -261,7 +322,8 @@ def _read_package(path: Path, name: str, opf_path: str, warnings: list[str]
     except Exception as exc:  # ebooklib raises anything from KeyError to lxml errors
         raise InvalidBookError(
             f"{name}: OPF package {opf_path!r} is unparsable or incomplete "
-            f"({type(exc).__name__}: {exc})") from exc
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     finally:
         if reader.zf is not None:
             reader.zf.close()
@@ -304,8 +366,9 @@ class _Doc:
                 self.ids[key] = el
 
 
-def _load_documents(book: epub.EpubBook, reader: _LenientReader, warnings: list[str]
-                    ) -> tuple[list[_Doc], int]:
+def _load_documents(
+    book: epub.EpubBook, reader: _LenientReader, warnings: list[str]
+) -> tuple[list[_Doc], int]:
     missing = set(reader.missing)
     docs: list[_Doc] = []
     images = 0
@@ -321,8 +384,10 @@ def _load_documents(book: epub.EpubBook, reader: _LenientReader, warnings: list[
         if isinstance(item, epub.EpubNav) or item.media_type not in _HTML_MEDIA_TYPES:
             continue
         if len(item.content or b"") > MAX_DOCUMENT_BYTES:
-            warnings.append(f"spine item {item.file_name!r} is {len(item.content):,} bytes, "
-                            f"over the {MAX_DOCUMENT_BYTES:,}-byte chapter limit; skipped")
+            warnings.append(
+                f"spine item {item.file_name!r} is {len(item.content):,} bytes, "
+                f"over the {MAX_DOCUMENT_BYTES:,}-byte chapter limit; skipped"
+            )
             continue
         # item.content is the raw file; EpubHtml.get_content() would re-serialize it.
         parsed = _parse_document(item.content or b"", item.file_name, warnings)
@@ -344,12 +409,19 @@ def _load_documents(book: epub.EpubBook, reader: _LenientReader, warnings: list[
 
 def _xml_parser(recover: bool = True) -> etree.XMLParser:
     # Entities stay unexpanded and no DTD or network resource is ever loaded.
-    return etree.XMLParser(recover=recover, resolve_entities=False, no_network=True,
-                           load_dtd=False, remove_comments=True, remove_pis=True)
+    return etree.XMLParser(
+        recover=recover,
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
 
 
-def _parse_document(data: bytes, name: str, warnings: list[str]
-                    ) -> tuple[etree._Element, str, int] | None:
+def _parse_document(
+    data: bytes, name: str, warnings: list[str]
+) -> tuple[etree._Element, str, int] | None:
     """Parse one spine document; return (body, <title> text, image count) or None."""
     data = _defuse_entities(data, name, warnings)
     root = None
@@ -401,7 +473,7 @@ def _defuse_entities(data: bytes, name: str, warnings: list[str]) -> bytes:
         close = data.rfind(b"]", doctype.end(), html_start)
         gt = data.find(b">", close)
         if close != -1 and gt != -1:
-            data = data[:doctype.start()] + b"<!DOCTYPE html>" + data[gt + 1:]
+            data = data[: doctype.start()] + b"<!DOCTYPE html>" + data[gt + 1 :]
             warnings.append(f"{name}: removed DOCTYPE internal subset (entity declarations)")
     dropped: set[str] = set()
 
@@ -471,8 +543,9 @@ def _epub_types(el: etree._Element) -> set[str]:
 
 
 def _drop_pg_boilerplate(body: etree._Element) -> bool:
-    doomed = [el for el in body.iter()
-              if el.get("id") in _PG_IDS or _tokens_of(el, "class") & _PG_CLASSES]
+    doomed = [
+        el for el in body.iter() if el.get("id") in _PG_IDS or _tokens_of(el, "class") & _PG_CLASSES
+    ]
     for el in doomed:
         if el.getparent() is not None:
             _remove(el)
@@ -552,8 +625,9 @@ class _Notes:
             if key not in self.labels:
                 self.labels[key] = self._new_label(key[1])
                 # A reference inside another note is defined right after that note.
-                owner = next((owner_of[anc] for anc in a.iterancestors() if anc in owner_of),
-                             doc.name)
+                owner = next(
+                    (owner_of[anc] for anc in a.iterancestors() if anc in owner_of), doc.name
+                )
                 self.first_ref_in.setdefault(owner, []).append(key)
             marker = f"[^{self.labels[key]}]"
             a.tail = marker + (a.tail or "")
@@ -574,7 +648,8 @@ class _Notes:
             self.by_name[doc_name].had_notes = True
             for anc in el.iterancestors():
                 if _epub_types(anc) & _NOTES_CONTAINER_TYPES or _tokens_of(anc, "role") & (
-                        _NOTES_CONTAINER_ROLES):
+                    _NOTES_CONTAINER_ROLES
+                ):
                     containers.add(anc)
             if el.getparent() is not None:
                 _remove(el)
@@ -601,8 +676,10 @@ class _Notes:
     def _definition(self, key: tuple[str, str], conv: _Converter) -> str:
         self.emitted.add(key)
         text = conv.element(self.bodies[key]).strip()
-        lines = [line if not line or i == 0 else "    " + line
-                 for i, line in enumerate(text.splitlines())]
+        lines = [
+            line if not line or i == 0 else "    " + line
+            for i, line in enumerate(text.splitlines())
+        ]
         return f"[^{self.labels[key]}]: " + "\n".join(lines)
 
 
@@ -703,8 +780,10 @@ def _place_headings(doc: _Doc, entries: list[_TocEntry]) -> int:
 
 def _matching_heading(target: etree._Element, title: str) -> etree._Element | None:
     wanted = _words(title)
-    query = (f"(descendant-or-self::*[({_HEADINGISH_XPATH}) and not(@data-toc)]"
-             f" | following::*[({_HEADINGISH_XPATH}) and not(@data-toc)])[position() <= 2]")
+    query = (
+        f"(descendant-or-self::*[({_HEADINGISH_XPATH}) and not(@data-toc)]"
+        f" | following::*[({_HEADINGISH_XPATH}) and not(@data-toc)])[position() <= 2]"
+    )
     for candidate in target.xpath(query):
         pieces = list(candidate.itertext())  # both joins: <br/> splits words, <span>s don't
         if wanted in (_words("".join(pieces)), _words(" ".join(pieces))):
@@ -782,8 +861,9 @@ def _flatten_table(table: etree._Element) -> None:
         node.tail = None
 
 
-def _render(docs: list[_Doc], toc: list[_TocEntry], notes: _Notes, warnings: list[str]
-            ) -> tuple[str, int]:
+def _render(
+    docs: list[_Doc], toc: list[_TocEntry], notes: _Notes, warnings: list[str]
+) -> tuple[str, int]:
     conv = _Converter()
     by_doc: dict[str, list[_TocEntry]] = {}
     for entry in toc:
@@ -810,10 +890,10 @@ def _cut_gutenberg(markdown: str) -> str:
     """Drop anything before a PG START marker line and after a PG END marker line."""
     start = _PG_START.search(markdown)
     if start:
-        markdown = markdown[start.end():]
+        markdown = markdown[start.end() :]
     end = _PG_END.search(markdown)
     if end:
-        markdown = markdown[:end.start()]
+        markdown = markdown[: end.start()]
     return markdown
 
 

@@ -39,7 +39,9 @@ class Document(Base):
     source_file: Mapped[str] = mapped_column(Text)  # the name it was uploaded under
     byte_size: Mapped[int] = mapped_column(Integer)
     stage: Mapped[str] = mapped_column(String(16), default="pending")
-    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    registered_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     extracted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     chunked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -57,8 +59,11 @@ class Chunk(Base):
     __table_args__ = (
         # Deferrable so that a write by difference can shift indices inside one transaction.
         UniqueConstraint(
-            "document_id", "chunk_index", name="uq_chunks_document_index",
-            deferrable=True, initially="DEFERRED",
+            "document_id",
+            "chunk_index",
+            name="uq_chunks_document_index",
+            deferrable=True,
+            initially="DEFERRED",
         ),
     )
 

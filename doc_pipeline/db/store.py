@@ -121,7 +121,9 @@ def find_documents(engine: Engine, prefix: str) -> list[str]:
     """Ids of documents whose id starts with the prefix (users type short ids)."""
     with engine.connect() as conn:
         return list(
-            conn.scalars(sa.select(Document.id).where(Document.id.startswith(prefix, autoescape=True)))
+            conn.scalars(
+                sa.select(Document.id).where(Document.id.startswith(prefix, autoescape=True))
+            )
         )
 
 
@@ -181,7 +183,9 @@ _CHUNK_FIELDS = (
 )
 
 
-def write_chunks(engine: Engine, document_id: str, rows: Sequence[Mapping[str, Any]]) -> WriteCounts:
+def write_chunks(
+    engine: Engine, document_id: str, rows: Sequence[Mapping[str, Any]]
+) -> WriteCounts:
     """Replace a document's chunks by difference. Each row has `id` and the _CHUNK_FIELDS."""
     table = Chunk.__table__
     new = {row["id"]: row for row in rows}
@@ -272,7 +276,9 @@ def write_embeddings(
     with engine.begin() as conn:
         live = set(
             conn.scalars(
-                sa.select(Chunk.id).where(Chunk.id.in_(list(vectors))).with_for_update(key_share=True)
+                sa.select(Chunk.id)
+                .where(Chunk.id.in_(list(vectors)))
+                .with_for_update(key_share=True)
             )
         )
         rows = [row for row in rows if row["chunk_id"] in live]
@@ -342,7 +348,9 @@ def write_connections(
         # this check and the insert; edges to chunks already gone are dropped.
         ids = {e.source_chunk_id for e in changed} | {e.target_chunk_id for e in changed}
         live = set(
-            conn.scalars(sa.select(Chunk.id).where(Chunk.id.in_(ids)).with_for_update(key_share=True))
+            conn.scalars(
+                sa.select(Chunk.id).where(Chunk.id.in_(ids)).with_for_update(key_share=True)
+            )
         )
         rows = [
             {

@@ -13,6 +13,7 @@ from doc_pipeline.core.chunking import (
     ChunkingConfig,
     TextChunk,
     _is_no_space,
+    _scan_blocks,
     chunk_markdown,
     count_words,
 )
@@ -287,6 +288,13 @@ def test_property_spaced_text(markdown: str, config: ChunkingConfig) -> None:
     _check_invariants(markdown, chunks, config)
     assert not _is_no_space(markdown)
     assert sum(c.word_count for c in chunks) == count_words(markdown)
+    # a chunk crosses a level <= 2 heading only when what comes before it is under the minimum
+    majors = [b.start for b in _scan_blocks(markdown) if 1 <= b.level <= 2]
+    for chunk in chunks:
+        for offset in majors:
+            if chunk.start < offset < chunk.end:
+                before = markdown[chunk.start : offset]
+                assert count_words(before) < config.min_words
 
 
 @settings(max_examples=100, deadline=None)

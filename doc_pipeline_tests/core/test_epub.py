@@ -108,27 +108,42 @@ def test_flatland_part_and_section_headings() -> None:
 
 def test_keynes_chapter_and_fragment_headings() -> None:
     found = headings(convert(KEYNES).markdown)
-    for chapter in ["I: Introductory", "II: Europe Before the War", "III: The Conference",
-                    "IV: The Treaty", "V: Reparation", "VI: Europe After the Treaty",
-                    "VII: Remedies"]:
+    for chapter in [
+        "I: Introductory",
+        "II: Europe Before the War",
+        "III: The Conference",
+        "IV: The Treaty",
+        "V: Reparation",
+        "VI: Europe After the Treaty",
+        "VII: Remedies",
+    ]:
         assert found.get(chapter) == 2, chapter
     # sub-chapters addressed by #fragment anchors inside one file
     assert found.get("I: Population") == 3
     assert found.get("III: Germany\u2019s Capacity to Pay") == 3
 
 
-@pytest.mark.parametrize(("relative", "story"), [
-    (PETER, "Mr. McGregor"), (SHERLOCK, "Irene Adler"),
-])
+@pytest.mark.parametrize(
+    ("relative", "story"),
+    [
+        (PETER, "Mr. McGregor"),
+        (SHERLOCK, "Irene Adler"),
+    ],
+)
 def test_gutenberg_boilerplate_dropped(relative: str, story: str) -> None:
     md = convert(relative).markdown
     assert story in md
     assert "Peter" in md or relative != PETER
     lowered = md.lower()
-    for boilerplate in ["project gutenberg license", "project gutenberg™ license",
-                        "start of the project gutenberg", "start of this project gutenberg",
-                        "end of the project gutenberg", "end of this project gutenberg",
-                        "project gutenberg-tm"]:
+    for boilerplate in [
+        "project gutenberg license",
+        "project gutenberg™ license",
+        "start of the project gutenberg",
+        "start of this project gutenberg",
+        "end of the project gutenberg",
+        "end of this project gutenberg",
+        "project gutenberg-tm",
+    ]:
         assert boilerplate not in lowered, boilerplate
 
 
@@ -184,8 +199,10 @@ def test_word_coverage(relative: str) -> None:
 
 
 def test_words_ignores_markdown_syntax() -> None:
-    text = "## A *bold* | table |[^note-12] ![Alt text](pic.png) [link](http://x.org/y)\n" \
-           "[^note-12]: The note."
+    text = (
+        "## A *bold* | table |[^note-12] ![Alt text](pic.png) [link](http://x.org/y)\n"
+        "[^note-12]: The note."
+    )
     assert words(text) == ["a", "bold", "table", "alt", "text", "link", "the", "note"]
 
 
@@ -234,10 +251,14 @@ def test_missing_opf_and_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "no-opf.epub"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("mimetype", "application/epub+zip")
-        zf.writestr("META-INF/container.xml", (
-            '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container" version="1.0">'
-            '<rootfiles><rootfile full-path="OEBPS/content.opf" '
-            'media-type="application/oebps-package+xml"/></rootfiles></container>'))
+        zf.writestr(
+            "META-INF/container.xml",
+            (
+                '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container" version="1.0">'
+                '<rootfiles><rootfile full-path="OEBPS/content.opf" '
+                'media-type="application/oebps-package+xml"/></rootfiles></container>'
+            ),
+        )
     with pytest.raises(InvalidBookError, match=r"^no-opf\.epub: OPF .*missing"):
         epub_to_markdown(path)
     with pytest.raises(InvalidBookError, match=r"^absent\.epub: file not found"):
@@ -248,10 +269,14 @@ def test_unparsable_opf(tmp_path: Path) -> None:
     path = tmp_path / "bad-opf.epub"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("mimetype", "application/epub+zip")
-        zf.writestr("META-INF/container.xml", (
-            '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container" version="1.0">'
-            '<rootfiles><rootfile full-path="content.opf" '
-            'media-type="application/oebps-package+xml"/></rootfiles></container>'))
+        zf.writestr(
+            "META-INF/container.xml",
+            (
+                '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container" version="1.0">'
+                '<rootfiles><rootfile full-path="content.opf" '
+                'media-type="application/oebps-package+xml"/></rootfiles></container>'
+            ),
+        )
         zf.writestr("content.opf", "this is not XML at all")
     with pytest.raises(InvalidBookError, match=r"^bad-opf\.epub: OPF package .*unparsable"):
         epub_to_markdown(path)

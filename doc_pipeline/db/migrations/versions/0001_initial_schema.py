@@ -121,7 +121,9 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "source_chunk_id", "target_chunk_id", "connection_type", name="uq_connections_edge"
         ),
-        sa.CheckConstraint("source_chunk_id <> target_chunk_id", name="ck_connections_no_self_link"),
+        sa.CheckConstraint(
+            "source_chunk_id <> target_chunk_id", name="ck_connections_no_self_link"
+        ),
         sa.CheckConstraint("strength >= 0 AND strength <= 1", name="ck_connections_strength"),
     )
     op.create_index("ix_connections_source_chunk_id", "connections", ["source_chunk_id"])
