@@ -12,7 +12,11 @@ spaces). The resulting units are then packed:
    same holds for a short section at the end of the document.
 2. Each merged group of sections is cut into ceil(size / max) chunks of balanced size, choosing
    cut points near the balanced target and preferring headings > paragraph breaks > sentence
-   breaks > word/character breaks. A heading is never the last unit of a chunk.
+   breaks > word/character breaks. A heading is not left as the last unit of a chunk (unless
+   it and the unit after it cannot fit together).
+
+A chunk's heading path is the heading stack after the headings that open it, so a chunk
+starting "# Part I" / "## Chapter 1" gets ("Part I", "Chapter 1").
 
 Sizes are word counts, or, for documents written without spaces (Chinese, Japanese, Thai),
 letter counts. The mode is decided once per document (see `_is_no_space`): a mostly-English
@@ -157,40 +161,39 @@ def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
 def _scan_blocks(md: str) -> list[_Block]:
     """Headings and blank-line separated paragraphs, with trimmed spans, in order."""
     blocks: list[_Block] = []
-    para: list[int] | None = None  # [start, end] of the open paragraph
+    para: list[int] | None = None  # trimmed [start, end] of the open paragraph
     fence: tuple[str, int] | None = None
-
-    def close_para() -> None:
-        nonlocal para
-        if para is not None:
-            span = _trimmed(md, para[0], para[1])
-            if span:
-                blocks.append(_Block(span[0], span[1], 0, ""))
-            para = None
-
     pos = 0
     for line in md.split("\n"):
-        end = pos + len(line)
+        # spans are trimmed from each line's own whitespace: no substring of md is built
+        stripped = line.strip()
+        start = pos + len(line) - len(line.lstrip())
+        end = start + len(stripped)
         if fence is not None and para is not None:  # inside a fence nothing else is markdown
-            para[1] = end
+            para[1] = end if stripped else para[1]
             if _closes_fence(line, fence):
                 fence = None
-        elif not line.strip():
-            close_para()
-        elif heading := _ATX_RE.match(line):
-            close_para()
-            span = _trimmed(md, pos, end)
-            assert span is not None  # the line is not blank
+        elif not stripped:
+            _close(blocks, para)
+            para = None
+        elif stripped[0] == "#" and (heading := _ATX_RE.match(line)):
+            _close(blocks, para)
+            para = None
             title = _heading_title(heading.group(2))
-            blocks.append(_Block(span[0], span[1], len(heading.group(1)), title))
+            blocks.append(_Block(start, end, len(heading.group(1)), title))
         else:
             if para is None:
-                para = [pos, end]
+                para = [start, end]
             para[1] = end
-            fence = _fence_opener(line)
-        pos = end + 1
-    close_para()
+            fence = _fence_opener(line) if stripped[0] in "`~" else None
+        pos += len(line) + 1
+    _close(blocks, para)
     return blocks
+
+
+def _close(blocks: list[_Block], para: list[int] | None) -> None:
+    if para is not None:
+        blocks.append(_Block(para[0], para[1], 0, ""))
 
 
 # --- units ----------------------------------------------------------------------------------
@@ -309,13 +312,14 @@ def _split_block(
 def _units(md: str, blocks: list[_Block], mode: _Mode) -> list[_Unit]:
     units: list[_Unit] = []
     stack: list[tuple[int, str]] = []  # (level, title) of the enclosing headings
+    path: tuple[str, ...] = ()
     for block in blocks:
         if block.level:
             while stack and stack[-1][0] >= block.level:
                 stack.pop()
             if block.title:  # an empty heading closes deeper ones but names nothing
                 stack.append((block.level, block.title))
-        path = tuple(title for _, title in stack)
+            path = tuple(title for _, title in stack)
         brk = _PARAGRAPH if not block.level else _MAJOR if block.level <= 2 else _MINOR
         size = mode.measure(md[block.start : block.end])
         if size <= mode.limit:
