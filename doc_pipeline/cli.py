@@ -90,9 +90,16 @@ def ingest(
 
     Runs go through the persistent Dagster instance, so they show in `doc-pipeline ui`. Exits
     with status 1 if any document failed (after processing all the others)."""
+    from doc_pipeline.core.registration import SUPPORTED_SUFFIXES, find_book_files
     from doc_pipeline.db import store
     from doc_pipeline.ingest import Ingestion
 
+    files = find_book_files(paths)
+    if not files:
+        err.print(
+            f"[red]no {', '.join(SUPPORTED_SUFFIXES)} files in {', '.join(map(str, paths))}[/red]"
+        )
+        raise typer.Exit(2)
     settings = _settings()
     progress = Progress(
         TextColumn("{task.fields[name]}", style="bold"),
@@ -131,7 +138,7 @@ def ingest(
         engine_box.append(prepare_app_database(settings))
         watcher.start()
         try:
-            outcomes = ingestion.run(paths)
+            outcomes = ingestion.run(files)
         finally:
             done.set()
             watcher.join()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, JobDefinition, execute_job, reconstructable
 from sqlalchemy.engine import Engine
 
-from doc_pipeline.core.registration import find_book_files, register_file
+from doc_pipeline.core.registration import register_file
 from doc_pipeline.core.stages import PERMANENT, TRANSIENT
 from doc_pipeline.db import migrate, store
 from doc_pipeline.db.server import database_urls
@@ -66,21 +67,21 @@ class Ingestion:
     on_registered: Callable[[IngestOutcome], None] = lambda outcome: None
     on_run_finished: Callable[[IngestOutcome], None] = lambda outcome: None
 
-    def run(self, paths: list[Path]) -> list[IngestOutcome]:
-        instance = open_instance(self.settings)
+    def run(self, files: list[Path]) -> list[IngestOutcome]:
+        """Process the files (see `find_book_files`), each document once."""
         engine = prepare_app_database(self.settings)
-        outcomes = self._register(engine, find_book_files(paths))
-        documents = list(dict.fromkeys(o.document_id for o in outcomes if o.document_id))
-        known = set(instance.get_dynamic_partitions(documents_partitions.name))
-        instance.add_dynamic_partitions(
-            documents_partitions.name, [d for d in documents if d not in known]
-        )
+        outcomes = self._register(engine, files)
         by_document = {o.document_id: o for o in outcomes if o.document_id}
-        for document_id in documents:
-            self._execute(instance, engine, by_document[document_id], UP_TO_EMBEDDINGS)
-        for document_id in documents:
-            if by_document[document_id].stage == "embedded":
-                self._execute(instance, engine, by_document[document_id], CONNECTIONS)
+        with open_instance(self.settings) as instance:
+            known = set(instance.get_dynamic_partitions(documents_partitions.name))
+            instance.add_dynamic_partitions(
+                documents_partitions.name, [d for d in by_document if d not in known]
+            )
+            for outcome in by_document.values():
+                self._execute(instance, engine, outcome, UP_TO_EMBEDDINGS)
+            for outcome in by_document.values():
+                if outcome.stage == "embedded":
+                    self._execute(instance, engine, outcome, CONNECTIONS)
         self._fill_summaries(engine, outcomes)
         return outcomes
 
@@ -110,6 +111,7 @@ class Ingestion:
         self, instance: DagsterInstance, engine: Engine, outcome: IngestOutcome, assets: list
     ) -> None:
         started = time.perf_counter()
+        started_at = datetime.now(UTC)
         result = execute_job(
             reconstructable(document_job),
             instance=instance,
@@ -122,7 +124,7 @@ class Ingestion:
         outcome.run_ids.append(result.run_id)
         if not result.success:
             document = store.get_document(engine, outcome.document_id) or {}
-            if document.get("stage") != "failed":
+            if document.get("stage") != "failed" or document["failed_at"] < started_at:
                 # The run failed outside any stage (e.g. a resource could not start).
                 store.mark_failed(engine, outcome.document_id, TRANSIENT, _run_failure(result))
         outcome.stage = (store.get_document(engine, outcome.document_id) or {}).get(
