@@ -5,7 +5,11 @@ import pytest
 import sqlalchemy as sa
 
 from doc_pipeline.core.ids import chunk_ids
-from doc_pipeline.core.semantic import SemanticConfig, find_semantic_edges
+from doc_pipeline.core.semantic import (
+    NEAREST_OTHER_DOCUMENTS,
+    SemanticConfig,
+    find_semantic_edges,
+)
 from doc_pipeline.db import store
 
 
@@ -152,3 +156,21 @@ def test_connection_constraints_hold(engine):
             ),
             {"a": a1},
         )
+
+
+def test_nearest_neighbour_search_walks_the_hnsw_index(engine):
+    rng = np.random.default_rng(7)
+    for document in ("docA", "docB", "docC"):
+        contents = [f"{document} chunk {i}" for i in range(200)]
+        _embed(engine, document, contents, [_unit(*rng.normal(size=768)) for _ in contents])
+    with engine.begin() as conn:
+        # On a table this small a sequential scan is cheaper and the planner rightly picks it;
+        # with it ruled out, the plan shows that the query's expression matches the index.
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        plan = conn.execute(
+            sa.text(f"EXPLAIN {NEAREST_OTHER_DOCUMENTS.text}"),
+            {"document_id": "docA", "model": "m", "top_k": 5},
+        ).scalars()
+        assert "ix_embeddings_hnsw_768" in "\n".join(plan)
+        edges = find_semantic_edges(conn, "docA", "m", SemanticConfig(min_similarity=0.0))
+    assert len(edges) == 200 * 5

@@ -14,6 +14,29 @@ CONNECTION_TYPE = "semantic"
 INDEXED_DIMENSIONS = 768
 
 
+# For each chunk of a document, its nearest chunks of other documents (same model), ordered by
+# cosine distance so that the planner walks the HNSW index.
+NEAREST_OTHER_DOCUMENTS = sa.text(
+    f"""
+    SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity
+    FROM embeddings s
+    CROSS JOIN LATERAL (
+        SELECT o.chunk_id,
+               o.embedding::vector({INDEXED_DIMENSIONS})
+                 <=> s.embedding::vector({INDEXED_DIMENSIONS}) AS distance
+        FROM embeddings o
+        WHERE o.dimensions = {INDEXED_DIMENSIONS} AND o.model = s.model
+          AND o.document_id <> s.document_id
+        ORDER BY o.embedding::vector({INDEXED_DIMENSIONS})
+                 <=> s.embedding::vector({INDEXED_DIMENSIONS})
+        LIMIT :top_k
+    ) n
+    WHERE s.document_id = :document_id AND s.model = :model
+      AND s.dimensions = {INDEXED_DIMENSIONS}
+    """
+)
+
+
 @dataclass(frozen=True)
 class SemanticConfig:
     min_similarity: float  # depends on the embedder: lexical vectors of two books rarely pass 0.2
@@ -29,24 +52,8 @@ def find_semantic_edges(
     # Iterative scans keep searching when the filter (other documents only) removes candidates.
     conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(max(config.ef_search, config.top_k))}"))
-    dims = INDEXED_DIMENSIONS
     rows = conn.execute(
-        sa.text(
-            f"""
-            SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity
-            FROM embeddings s
-            CROSS JOIN LATERAL (
-                SELECT o.chunk_id,
-                       o.embedding::vector({dims}) <=> s.embedding::vector({dims}) AS distance
-                FROM embeddings o
-                WHERE o.dimensions = {dims} AND o.model = s.model
-                  AND o.document_id <> s.document_id
-                ORDER BY o.embedding::vector({dims}) <=> s.embedding::vector({dims})
-                LIMIT :top_k
-            ) n
-            WHERE s.document_id = :document_id AND s.model = :model AND s.dimensions = {dims}
-            """
-        ),
+        NEAREST_OTHER_DOCUMENTS,
         {"document_id": document_id, "model": model, "top_k": config.top_k},
     )
     edges = []
