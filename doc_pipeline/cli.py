@@ -162,12 +162,30 @@ def _show_stage(
     progress.update(tasks[document_id], description=stage, completed=completed)
 
 
-def _print_outcomes(outcomes) -> None:
-    table = Table(title="doc-pipeline ingest")
-    for column in ("document", "title", "stage", "chunks", "connections", "seconds"):
+def _documents_table(*columns: str, title: str | None = None) -> Table:
+    """A table whose ids, stages and numbers never wrap (an id cut short is of no use)."""
+    table = Table(title=title)
+    for column in columns:
+        numeric = column in ("chunks", "connections", "seconds")
         table.add_column(
-            column, justify="right" if column in ("chunks", "connections", "seconds") else "left"
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=numeric or column in ("document", "stage"),
+            min_width={"document": 16, "title": 12}.get(column),
         )
+    return table
+
+
+def _print_outcomes(outcomes) -> None:
+    table = _documents_table(
+        "document",
+        "title",
+        "stage",
+        "chunks",
+        "connections",
+        "seconds",
+        title="doc-pipeline ingest",
+    )
     for o in outcomes:
         stage = f"[red]{o.stage}[/red]" if o.failed else o.stage
         table.add_row(
@@ -193,7 +211,9 @@ def status(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show each document's stage, counts and last error."""
+    """Show each document's stage, chunk and connection counts, and last error.
+
+    `--json` adds the source file, author, and when it was registered and last updated."""
     from doc_pipeline.db import store
 
     engine = _app_engine()
@@ -205,21 +225,19 @@ def status(
     if not rows:
         out.print("No documents yet. Add some with `doc-pipeline ingest PATH`.")
         return
-    table = Table()
-    for column in ("document", "title", "stage", "chunks", "connections", "updated", "error"):
-        table.add_column(column)
+    table = _documents_table("document", "title", "stage", "chunks", "connections")
     for row in rows:
-        error = f"{row['error_class']}: {row['error_message']}" if row["error_class"] else ""
         table.add_row(
             row["id"],
             row["title"] or row["source_file"],
-            row["stage"],
+            "[red]failed[/red]" if row["stage"] == "failed" else row["stage"],
             str(row["chunks"]),
             str(row["connections"]),
-            row["updated_at"].strftime("%Y-%m-%d %H:%M:%S"),
-            error,
         )
     out.print(table)
+    for row in rows:
+        if row["stage"] == "failed":
+            out.print(f"[red]✗ {row['id']}[/red] ({row['error_class']}): {row['error_message']}")
 
 
 @app.command()
