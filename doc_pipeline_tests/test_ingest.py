@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, RunsFilter, execute_job, reconstructable
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from doc_pipeline.cli import app
@@ -145,6 +146,15 @@ def test_runs_are_in_the_persistent_dagster_instance(ingested):
     assert outcome["document_id"] in partitions
     assert set(outcome["run_ids"]) <= {run.run_id for run in runs}
     assert (pipeline.home / "dagster" / "dagster.yaml").exists()
+    # With DATABASE_URL nothing is started, and the instance lives on that server.
+    assert not (pipeline.home / "pgdata").exists()
+    dagster_url = make_url(pipeline.database_url)
+    dagster_url = dagster_url.set(database=f"{dagster_url.database}_dagster")
+    engine = sa.create_engine(dagster_url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        stored = set(conn.execute(sa.text("SELECT run_id FROM runs")).scalars())
+    engine.dispose()
+    assert set(outcome["run_ids"]) <= stored
 
 
 def test_status_and_export(ingested):

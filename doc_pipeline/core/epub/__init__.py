@@ -1,0 +1,76 @@
+"""EPUB -> markdown, the "local provider" converter (pure Python, no Dagster).
+
+ebooklib reads the package (OPF, spine, nav/NCX); every spine document is re-parsed with a
+safe lxml parser (no entity expansion, no DTD, no network), cleaned (Project Gutenberg
+boilerplate, scripts, SVG), given table-of-contents headings and markdown footnotes, then
+rendered with a markdownify subclass.
+
+The steps live in this package's modules: archive (ZIP container, OPF package, metadata),
+documents (spine documents), footnotes, toc (table of contents headings) and rendering.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from doc_pipeline.core.epub.archive import _authors, _check_archive, _first_dc, _read_package
+from doc_pipeline.core.epub.documents import _load_documents
+from doc_pipeline.core.epub.errors import InvalidBookError
+from doc_pipeline.core.epub.footnotes import _Notes
+from doc_pipeline.core.epub.rendering import _render
+from doc_pipeline.core.epub.toc import _TOKEN, _flatten_toc, _toc_base_dir
+
+__all__ = ["ExtractedBook", "InvalidBookError", "epub_to_markdown"]
+
+_HEADING_MD = re.compile(r"^#{1,6} .*$", re.M)
+_IMAGE_MD = re.compile(r"!\[(?:\\.|[^\]])*\]\([^)]*\)")
+
+
+@dataclass(frozen=True)
+class ExtractedBook:
+    title: str
+    author: str | None
+    language: str | None
+    markdown: str  # the whole book as markdown
+    chapter_count: int  # table-of-contents headings emitted (non-empty documents if no TOC)
+    warnings: tuple[str, ...]  # human-readable notes about anything skipped
+
+
+def epub_to_markdown(path: Path, name: str | None = None) -> ExtractedBook:
+    """Convert one EPUB (2 or 3) file to markdown; raise InvalidBookError if it is unreadable.
+
+    `name` is the file name used in messages (the name it was uploaded under), by default the
+    path's own."""
+    path = Path(path)
+    name = name or path.name
+    warnings: list[str] = []
+    opf_path = _check_archive(path, name, warnings)
+    book, reader = _read_package(path, name, opf_path, warnings)
+    if not book.spine:
+        raise InvalidBookError(f"{name}: empty spine: no reading order (OPF lists no documents)")
+    try:
+        docs, image_count = _load_documents(book, reader, warnings)
+        notes = _Notes(docs)
+        toc = _flatten_toc(book.toc, _toc_base_dir(book), 1)
+        markdown, chapters = _render(docs, toc, notes, warnings)
+    except (etree.LxmlError, KeyError, ValueError, RecursionError) as exc:
+        # Bugs or pathological markup must still surface as "this book failed, because".
+        raise InvalidBookError(f"{name}: conversion failed ({type(exc).__name__}: {exc})") from exc
+    if not _TOKEN.search(_HEADING_MD.sub("", _IMAGE_MD.sub("", markdown))):
+        detail = f" (image-only, {image_count} images)" if image_count else ""
+        raise InvalidBookError(f"{name}: no extractable text{detail}")
+    title = _first_dc(book, "title")
+    if not title:
+        warnings.append("no dc:title in the OPF metadata; using the file name")
+    return ExtractedBook(
+        title=title or Path(name).stem,
+        author=_authors(book),
+        language=_first_dc(book, "language"),
+        markdown=markdown,
+        chapter_count=chapters,
+        warnings=tuple(warnings),
+    )

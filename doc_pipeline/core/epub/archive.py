@@ -1,0 +1,190 @@
+"""The ZIP container and OPF package: archive checks, the lenient ebooklib reader, metadata."""
+
+from __future__ import annotations
+
+import posixpath
+import zipfile
+import zlib
+from pathlib import Path
+
+from ebooklib import epub
+from lxml import etree
+
+from doc_pipeline.core.epub.documents import _xml_parser
+from doc_pipeline.core.epub.errors import InvalidBookError
+
+# Declared uncompressed size above which we refuse the archive before ebooklib inflates
+# every member into memory (full zip-bomb hardening is a separate piece of work).
+MAX_UNCOMPRESSED_BYTES = 1 << 30
+
+_CONTAINER_NS = "{urn:oasis:names:tc:opendocument:xmlns:container}"
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"%PDF", "a PDF document"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"RIFF", "a RIFF (WebP/WAV/AVI) file"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"BZh", "a bzip2 file"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"\xd0\xcf\x11\xe0", "an MS Office (OLE) document"),
+    (b"{\\rtf", "an RTF document"),
+)
+
+
+def _check_archive(path: Path, name: str, warnings: list[str]) -> str:
+    """Validate the ZIP container cheaply and return the OPF path named by container.xml."""
+    if not path.is_file():
+        raise InvalidBookError(f"{name}: file not found or not a regular file")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(128)
+        if not zipfile.is_zipfile(path):
+            raise InvalidBookError(f"{name}: {_not_zip_reason(head)}")
+        with zipfile.ZipFile(path) as zf:
+            return _check_members(zf, name, warnings)
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+    ) as exc:
+        raise InvalidBookError(f"{name}: not a valid ZIP archive ({exc})") from exc
+
+
+def _not_zip_reason(head: bytes) -> str:
+    if not head:
+        return "not a ZIP archive (the file is empty)"
+    if head.startswith(b"PK\x03\x04"):
+        return "not a valid ZIP archive (truncated or corrupt: no central directory)"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f"not a ZIP/EPUB archive (looks like {what})"
+    if head[60:68] == b"BOOKMOBI":
+        return "not a ZIP/EPUB archive (looks like a MOBI/AZW e-book)"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<?xml", b"<!doctype", b"<html")):
+        return "not a ZIP/EPUB archive (looks like an HTML/XML text file)"
+    if b"\x00" not in head:
+        return "not a ZIP/EPUB archive (looks like a plain text file)"
+    return "not a ZIP/EPUB archive (unrecognised binary data)"
+
+
+def _check_members(zf: zipfile.ZipFile, name: str, warnings: list[str]) -> str:
+    members = set(zf.namelist())
+    if "META-INF/container.xml" not in members:
+        also = "" if "mimetype" in members else " (and no mimetype)"
+        raise InvalidBookError(f"{name}: not an EPUB: no META-INF/container.xml{also}")
+    declared = sum(info.file_size for info in zf.infolist())
+    if declared > MAX_UNCOMPRESSED_BYTES:
+        raise InvalidBookError(
+            f"{name}: archive declares {declared:,} uncompressed bytes, "
+            f"over the {MAX_UNCOMPRESSED_BYTES:,}-byte limit"
+        )
+    if "mimetype" in members:
+        mimetype = zf.read("mimetype").decode("ascii", "replace").strip()
+        if mimetype != "application/epub+zip":
+            warnings.append(f"mimetype is {mimetype!r}, expected 'application/epub+zip'")
+    else:
+        warnings.append("no mimetype file in the archive")
+    opf_path = _opf_path(zf.read("META-INF/container.xml"), name)
+    if opf_path not in members:
+        raise InvalidBookError(
+            f"{name}: OPF package file {opf_path!r} named in container.xml is missing"
+        )
+    return opf_path
+
+
+def _opf_path(container: bytes, name: str) -> str:
+    try:
+        root = etree.fromstring(container, _xml_parser(recover=False))
+    except etree.XMLSyntaxError as exc:
+        raise InvalidBookError(f"{name}: META-INF/container.xml is unparsable ({exc})") from exc
+    for rootfile in root.iter(f"{_CONTAINER_NS}rootfile", "rootfile"):
+        full_path = rootfile.get("full-path")
+        if full_path and rootfile.get("media-type") in (None, "application/oebps-package+xml"):
+            return full_path
+    raise InvalidBookError(f"{name}: META-INF/container.xml names no OPF package file")
+
+
+class _LenientReader(epub.EpubReader):
+    """ebooklib reader that records manifest files missing from the ZIP instead of raising
+    KeyError, and survives a broken nav/NCX (the book is still readable without a TOC)."""
+
+    def __init__(self, file_name: str) -> None:
+        super().__init__(file_name, {"ignore_ncx": True})
+        self.missing: list[str] = []
+        self.toc_errors: list[str] = []
+        self._lenient = False
+
+    def read_file(self, name: str) -> bytes:
+        try:
+            return super().read_file(name)
+        except KeyError:
+            if not self._lenient:
+                raise
+            self.missing.append(posixpath.normpath(name))
+            return b""
+
+    def _load_manifest(self) -> None:
+        self._lenient = True
+        try:
+            super()._load_manifest()
+        finally:
+            self._lenient = False
+
+    def _parse_ncx(self, data: bytes) -> None:
+        try:
+            super()._parse_ncx(data)
+        except Exception as exc:  # noqa: BLE001 - any NCX defect just costs us the TOC
+            self.book.toc = []
+            self.toc_errors.append(f"NCX table of contents unreadable ({type(exc).__name__})")
+
+    def _parse_nav(self, data: bytes, base_path: str, navtype: str = "toc") -> None:
+        try:
+            super()._parse_nav(data, base_path, navtype)
+        except Exception as exc:  # noqa: BLE001 - any nav defect just costs us the TOC
+            if navtype == "toc":
+                self.book.toc = []
+                self.toc_errors.append(f"nav table of contents unreadable ({type(exc).__name__})")
+
+
+def _read_package(
+    path: Path, name: str, opf_path: str, warnings: list[str]
+) -> tuple[epub.EpubBook, _LenientReader]:
+    reader = _LenientReader(str(path))
+    try:
+        book = reader.load()
+    except InvalidBookError:
+        raise
+    except Exception as exc:  # ebooklib raises anything from KeyError to lxml errors
+        raise InvalidBookError(
+            f"{name}: OPF package {opf_path!r} is unparsable or incomplete "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    finally:
+        if reader.zf is not None:
+            reader.zf.close()
+    warnings.extend(reader.toc_errors)
+    return book, reader
+
+
+def _first_dc(book: epub.EpubBook, field_name: str) -> str | None:
+    for value, _attrs in book.get_metadata("DC", field_name):
+        text = " ".join((value or "").split())
+        if text:
+            return text
+    return None
+
+
+def _authors(book: epub.EpubBook) -> str | None:
+    names: list[str] = []
+    for value, _attrs in book.get_metadata("DC", "creator"):
+        text = " ".join((value or "").split())
+        if text and text not in names:
+            names.append(text)
+    return ", ".join(names) or None
