@@ -2,7 +2,7 @@ import sqlalchemy as sa
 
 from doc_pipeline.db import migrate
 
-TABLES = {"documents", "chunks", "embeddings", "connections"}
+TABLES = {"documents", "chunks", "embeddings", "connections", "ai_responses", "ai_calls"}
 
 
 def _tables(url: str) -> set[str]:
