@@ -1,0 +1,368 @@
+"""A local fake of the Gemini API that speaks the real Generative Language REST format.
+
+Point the unmodified google-genai SDK at it with `GOOGLE_GEMINI_BASE_URL=<base_url>` (or
+`HttpOptions(base_url=...)`) and any API key (sent as `x-goog-api-key`; `?key=` also works).
+
+Routes (`{v}` is `v1`, the SDK 3.6 default, `v1beta` or `v1alpha`):
+  POST /{v}/models/{model}:generateContent | :streamGenerateContent | :countTokens
+  POST /{v}/models/{model}:batchEmbedContents | :embedContent  (embedding models only)
+  POST /upload/{v}/files                      resumable upload (start, then upload/finalize)
+  GET  /{v}/files, GET|DELETE /{v}/files/{id}
+  GET|DELETE /_fake/requests, GET|POST|DELETE /_fake/faults, GET /_fake/health  (no key)
+
+Answers are deterministic (see gemini_content): the text to chunk goes between `<<<TEXT` and
+`TEXT>>>` in the user prompt. Faults (`add_fault`, `POST /_fake/faults`) match an API method
+name (`generateContent`, `batchEmbedContents`, `embedContent`, `countTokens`, `upload`,
+`files.get`, ... or `*`) and optionally a model. `upload` faults hit the start request.
+
+Run standalone: python -m doc_pipeline_tests.fakes.gemini --port 8765 [--host H] [--log FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+from doc_pipeline_tests.fakes import gemini_api as api
+from doc_pipeline_tests.fakes.gemini_content import canonical_hash
+from doc_pipeline_tests.fakes.gemini_files import FileReader, FileStore
+from doc_pipeline_tests.fakes.gemini_http import (
+    FAULT_METHODS,
+    NO_KEY,
+    ApiError,
+    Call,
+    Reply,
+    Server,
+    fault_error,
+    route,
+    sse,
+)
+
+
+@dataclass
+class Fault:
+    """One fault rule; `times=None` applies forever."""
+
+    method: str = "*"
+    times: int | None = None
+    model: str | None = None
+    status: int | None = None
+    delay_seconds: float = 0
+    truncate_json: bool = False
+    fenced_json: bool = False
+    invalid_json: bool = False
+    safety_block: bool = False
+    drop_connection: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in FAULT_METHODS:
+            raise ValueError(f"unknown fault method {self.method!r}; one of {FAULT_METHODS}")
+        if self.model:
+            self.model = self.model.removeprefix("models/")
+
+    def matches(self, method: str, model: str | None) -> bool:
+        return self.method in ("*", method) and self.model in (None, model)
+
+    def shaping(self) -> api.Shaping:
+        return api.Shaping(
+            self.truncate_json, self.fenced_json, self.invalid_json, self.safety_block
+        )
+
+    def describe(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, False, 0)}
+
+
+class FakeGemini:
+    """The fake server; a context manager that serves on a free port in a thread."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: str | None = None,
+        *,
+        file_reader: FileReader | None = None,
+    ) -> None:
+        """`file_reader(data, mime)` may supply the text of uploaded files (e.g. a PDF text
+        extractor); by default UTF-8 files read as themselves, others as a fixed text."""
+        self.host, self.port = host, port
+        self.log_path = Path(log_path) if log_path else None
+        self.files = FileStore(file_reader)
+        self._lock = threading.Lock()
+        self._requests: list[dict] = []
+        self._faults: list[Fault] = []
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def requests(self) -> list[dict]:
+        """A snapshot of the request log (it never holds the API key)."""
+        with self._lock:
+            return [dict(r) for r in self._requests]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def add_fault(
+        self,
+        method: str = "*",
+        *,
+        times: int | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        delay_seconds: float = 0,
+        truncate_json: bool = False,
+        fenced_json: bool = False,
+        invalid_json: bool = False,
+        safety_block: bool = False,
+        drop_connection: bool = False,
+    ) -> Fault:
+        """Adds a rule for the next `times` matching requests (None: forever); rules are tried
+        in the order added and the first match applies."""
+        fault = Fault(
+            method,
+            times,
+            model,
+            status,
+            delay_seconds,
+            truncate_json,
+            fenced_json,
+            invalid_json,
+            safety_block,
+            drop_connection,
+        )
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def faults(self) -> list[dict]:
+        with self._lock:
+            return [f.describe() for f in self._faults]
+
+    def start(self) -> FakeGemini:
+        server = Server((self.host, self.port), self.dispatch)
+        self._server, self.port = server, server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeGemini:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- request handling ---------------------------------------------------------------
+
+    def dispatch(self, call: Call) -> Reply:
+        if call.path.startswith("/_fake/"):
+            return self._control(call)
+        entry = self._entry(call)
+        fault = None
+        try:
+            route(call)
+            entry.update(api_method=call.method, api_version=call.version, model=call.model)
+            self._authorize(call, entry)
+            fault = self._take_fault(call)
+            reply = self._faulted(call, fault) or self._call(call, fault, entry)
+        except ApiError as exc:
+            reply = Reply(exc.code, exc.body())
+            if call.method.startswith("upload"):  # the SDK retries uploads without this
+                reply.headers["X-Goog-Upload-Status"] = "final"
+        entry.update(status=None if reply.drop else reply.status)
+        entry.update(fault=fault.describe() if fault else None)
+        self._record(entry)
+        return reply
+
+    def _entry(self, call: Call) -> dict:
+        query = {k: v for k, v in call.query.items() if k != "key"}  # never log the key
+        path = call.path + (f"?{urlencode(query)}" if query else "")
+        try:
+            body_hash = canonical_hash(json.loads(call.raw)) if call.raw else None
+        except ValueError:
+            body_hash = canonical_hash(call.raw.hex())
+        stamp = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        return {
+            "time": stamp,
+            "http_method": call.http_method,
+            "path": path,
+            "body_sha256": body_hash,
+        }
+
+    def _authorize(self, call: Call, entry: dict) -> None:
+        if call.method == "upload.chunk":  # the upload URL itself authorizes, like the real one
+            entry["auth"] = "upload_url"
+            return
+        if call.headers.get("x-goog-api-key"):
+            entry["auth"] = "header"
+        elif call.query.get("key"):
+            entry["auth"] = "query"
+        else:
+            raise ApiError(403, NO_KEY)
+
+    def _take_fault(self, call: Call) -> Fault | None:
+        if call.method == "upload.chunk":
+            return None
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(call.method, call.model):
+                    applied = dataclasses.replace(fault)  # logged as it was when it matched
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times <= 0:
+                            self._faults.remove(fault)
+                    return applied
+        return None
+
+    def _faulted(self, call: Call, fault: Fault | None) -> Reply | None:
+        if fault is None:
+            return None
+        if fault.delay_seconds:
+            time.sleep(fault.delay_seconds)
+        if fault.drop_connection:
+            return Reply(drop=True)
+        if fault.status:
+            raise fault_error(fault.status, call.model)
+        return None
+
+    def _call(self, call: Call, fault: Fault | None, entry: dict) -> Reply:
+        shaping = fault.shaping() if fault else api.Shaping()
+        if call.method in ("generateContent", "streamGenerateContent"):
+            body = api.generate(call.json(), call.model, call.version, self.files, shaping)
+            usage = body["usageMetadata"]
+            entry.update(
+                prompt_tokens=usage["promptTokenCount"],
+                output_tokens=usage["candidatesTokenCount"],
+                thoughts_tokens=usage.get("thoughtsTokenCount", 0),
+            )
+            if call.method == "streamGenerateContent":
+                return sse(body)
+            return Reply(body=body)
+        if call.method in ("batchEmbedContents", "embedContent"):
+            embed = api.batch_embed if call.method == "batchEmbedContents" else api.embed_one
+            body, tokens = embed(call.json(), call.model, call.version)
+            entry.update(prompt_tokens=tokens, output_tokens=0)
+            return Reply(body=body)
+        if call.method == "countTokens":
+            body = api.count_tokens(call.json(), self.files)
+            entry.update(prompt_tokens=body["totalTokens"], output_tokens=0)
+            return Reply(body=body)
+        return self._files_call(call)
+
+    def _files_call(self, call: Call) -> Reply:
+        host = call.headers.get("host")
+        base = f"http://{host}" if host else self.base_url
+        if call.method == "upload":
+            url = self.files.start(call.json(), call.headers, base, call.version)
+            return Reply(headers={"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"})
+        if call.method == "upload.chunk":
+            return self._chunk(call)
+        if call.method == "files.list":
+            size = int(call.query.get("pageSize", 10))
+            return Reply(body=self.files.page(size, call.query.get("pageToken", "")))
+        if call.method == "files.get":
+            return Reply(body=self.files.get(call.file_id).resource)
+        self.files.delete(call.file_id)
+        return Reply(body={})
+
+    def _chunk(self, call: Call) -> Reply:
+        command = call.headers.get("x-goog-upload-command", "")
+        offset = int(call.headers.get("x-goog-upload-offset", 0))
+        finalize = "finalize" in command
+        resource = self.files.chunk(call.query["upload_id"], offset, call.raw, finalize)
+        if resource is None:
+            return Reply(headers={"X-Goog-Upload-Status": "active"})
+        return Reply(body={"file": resource}, headers={"X-Goog-Upload-Status": "final"})
+
+    def _record(self, entry: dict) -> None:
+        with self._lock:
+            self._requests.append(entry)
+            if self.log_path is not None:
+                with self.log_path.open("a", encoding="utf-8") as log:
+                    log.write(json.dumps(entry) + "\n")
+
+    def _control(self, call: Call) -> Reply:
+        route = (call.http_method, call.path.rstrip("/"))
+        try:
+            if route == ("GET", "/_fake/health"):
+                return Reply(body={"ok": True})
+            if route == ("GET", "/_fake/requests"):
+                return Reply(body={"requests": self.requests})
+            if route == ("DELETE", "/_fake/requests"):
+                self.clear_requests()
+                return Reply(body={})
+            if route == ("POST", "/_fake/faults"):
+                for rule in _fault_rules(call.raw):
+                    self.add_fault(**rule)
+            elif route == ("DELETE", "/_fake/faults"):
+                self.clear_faults()
+            elif route != ("GET", "/_fake/faults"):
+                raise ApiError(404, f"No fake control route {call.http_method} {call.path}.")
+            return Reply(body={"faults": self.faults})
+        except (TypeError, ValueError) as exc:
+            return Reply(400, ApiError(400, str(exc)).body())
+        except ApiError as exc:
+            return Reply(exc.code, exc.body())
+
+
+def _fault_rules(raw: bytes) -> list[dict]:
+    """A rule object, a list of rules, or {"faults": [...]}."""
+    rules = json.loads(raw or b"{}")
+    if isinstance(rules, dict):
+        rules = rules.get("faults", [rules])
+    return rules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fake Gemini API server for offline tests")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--log", help="append every request as a JSON line to this file")
+    args = parser.parse_args(argv)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    with FakeGemini(args.host, args.port, args.log) as fake:
+        print(fake.base_url, flush=True)
+        print(f"export GOOGLE_GEMINI_BASE_URL={fake.base_url}", file=sys.stderr, flush=True)
+        try:
+            while not stopping.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Deterministic answers of the fake Gemini server: schema-driven JSON, chunks, embeddings.
+
+Everything here is a pure function of the request, so the same request always gets the same
+answer. The chunking contract: the text to chunk sits in the user prompt between the markers
+`<<<TEXT` and `TEXT>>>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+from collections import Counter
+from typing import Any
+
+MARK_START = "<<<TEXT"
+MARK_END = "TEXT>>>"
+MIN_PIECE_WORDS = 300
+MAX_PIECE_WORDS = 800
+FULL_EMBEDDING_DIM = 3072
+
+_WORD = re.compile(r"[A-Za-z\u00C0-\u024F][A-Za-z\u00C0-\u024F'-]*")
+_BLANK_LINES = re.compile(r"\n[ \t\r]*\n\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+_STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been
+    before being below between both but by can could did do does doing down during each few
+    for from further had has have having he her here hers herself him himself his how i if in
+    into is it its itself just me more most my myself no nor not now of off on once only or
+    other our ours ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too under until up
+    upon very was we were what when where which while who whom why will with would you your
+    yours yourself yourselves one two may might must shall said like even much many us""".split()  # noqa: SIM905
+)
+
+
+def estimate_tokens(text: str) -> int:
+    """Roughly what Gemini counts for English prose: one token per four characters."""
+    return math.ceil(len(text) / 4)
+
+
+def canonical_hash(value: Any) -> str:
+    """A stable hash of a JSON value (key order and whitespace do not matter)."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _seed(*parts: object) -> int:
+    joined = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(joined.encode()).digest()[:8], "big")
+
+
+def _fraction(*parts: object) -> float:
+    """A deterministic number in [0, 1) derived from the parts."""
+    return _seed(*parts) / 2**64
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def content_words(text: str, limit: int) -> list[str]:
+    """The most frequent non-stopwords, ties broken by first occurrence."""
+    counts = Counter(w.lower() for w in words(text))
+    candidates = [w for w in counts if w not in _STOPWORDS and len(w) > 2]
+    candidates.sort(key=lambda w: -counts[w])  # stable: keeps first-occurrence order on ties
+    return candidates[:limit]
+
+
+def first_sentence(text: str, max_chars: int = 200) -> str:
+    flat = " ".join(text.split())
+    sentence = _SENTENCE_END.split(flat, maxsplit=1)[0] if flat else ""
+    if len(sentence) > max_chars:
+        sentence = sentence[: max_chars - 3].rsplit(" ", 1)[0] + "..."
+    return sentence
+
+
+def extract_marked(prompt: str) -> str | None:
+    """The text between `<<<TEXT` and `TEXT>>>`, stripped of surrounding whitespace."""
+    start = prompt.find(MARK_START)
+    if start < 0:
+        return None
+    start += len(MARK_START)
+    end = prompt.find(MARK_END, start)
+    return prompt[start : end if end >= 0 else len(prompt)].strip()
+
+
+def split_pieces(text: str) -> list[str]:
+    """Consecutive exact substrings of `text`, split at blank lines, of at most ~800 words.
+
+    Paragraphs are packed greedily; a paragraph longer than the limit is a piece of its own.
+    """
+    spans, pos = [], 0
+    for gap in _BLANK_LINES.finditer(text):
+        spans.append((pos, gap.start()))
+        pos = gap.end()
+    spans.append((pos, len(text)))
+    pieces: list[tuple[int, int, int]] = []  # start, end, words
+    for start, end in spans:
+        count = len(text[start:end].split())
+        if count == 0:
+            continue
+        if pieces and pieces[-1][2] + count <= MAX_PIECE_WORDS:
+            first, _, total = pieces[-1]
+            pieces[-1] = (first, end, total + count)
+        else:
+            pieces.append((start, end, count))
+    return [text[start:end] for start, end, _ in pieces]
+
+
+class SchemaFiller:
+    """Builds a JSON value that conforms to a (JSON or Gemini) schema, derived from a text."""
+
+    def __init__(self, root: dict, text: str, chunk_source: str | None) -> None:
+        self.root = root
+        self.text = text
+        self.chunk_source = chunk_source
+        self.defs = {**root.get("definitions", {}), **root.get("defs", {}), **root.get("$defs", {})}
+
+    def fill(self) -> Any:
+        return self.value(self.root, self.text, "", 0)
+
+    def resolve(self, schema: dict) -> dict:
+        for _ in range(20):  # a ref cycle cannot hang the server
+            ref = schema.get("$ref") or schema.get("ref")
+            if not ref:
+                break
+            schema = self.defs.get(ref.rsplit("/", 1)[-1], {})
+        for key in ("anyOf", "oneOf", "any_of", "allOf"):
+            options = [self.resolve(s) for s in schema.get(key) or []]
+            options = [s for s in options if _type_of(s) != "null"]
+            if options:
+                return {**{k: v for k, v in schema.items() if k != key}, **options[0]}
+        return schema
+
+    def value(self, schema: dict, text: str, name: str, index: int) -> Any:
+        schema = self.resolve(schema)
+        if "const" in schema:
+            return schema["const"]
+        if schema.get("enum"):
+            options = schema["enum"]
+            return options[_seed(text, name, index) % len(options)]
+        kind = _type_of(schema)
+        if kind == "object":
+            return self.object(schema, text, index)
+        if kind == "array":
+            return self.array(schema, text, name)
+        if kind in ("number", "integer"):
+            return _number(schema, kind, text, name, index)
+        if kind == "boolean":
+            return _seed(text, name, index) % 2 == 0
+        if kind == "null":
+            return None
+        return _string(schema, text, name, index)
+
+    def object(self, schema: dict, text: str, index: int = 0) -> dict:
+        props = schema.get("properties") or {}
+        order = schema.get("propertyOrdering") or list(props)
+        order += [key for key in props if key not in order]
+        return {key: self.value(props[key], text, key, index) for key in order}
+
+    def array(self, schema: dict, text: str, name: str) -> list:
+        items = self.resolve(schema.get("items") or {"type": "string"})
+        if self.chunk_source is not None and self.is_chunk_item(items):
+            source, self.chunk_source = self.chunk_source, None  # fill one array only
+            return [self.chunk(items, piece) for piece in split_pieces(source)]
+        low = int(schema.get("minItems", 0))
+        high = int(schema.get("maxItems", max(low, 5)))
+        count = min(max(low, 3), high)
+        if _type_of(items) == "string" and not items.get("enum"):
+            terms = content_words(text, count) or ["text"]
+            return [terms[i % len(terms)] for i in range(count)]
+        return [self.value(items, text, name, i) for i in range(count)]
+
+    def is_chunk_item(self, items: dict) -> bool:
+        content = (items.get("properties") or {}).get("content")
+        return content is not None and _type_of(self.resolve(content)) == "string"
+
+    def chunk(self, items: dict, piece: str) -> dict:
+        item = self.object(items, piece)
+        item["content"] = piece
+        return item
+
+
+def _type_of(schema: dict) -> str:
+    kind = schema.get("type")
+    if isinstance(kind, list):  # JSON schema ["string", "null"]
+        kind = next((k for k in kind if str(k).lower() != "null"), "null")
+    if kind:
+        return str(kind).lower()
+    if "properties" in schema:
+        return "object"
+    return "array" if "items" in schema else "string"
+
+
+def _number(schema: dict, kind: str, text: str, name: str, index: int) -> float | int:
+    lname = name.lower()
+    if "polarity" in lname or "sentiment" in lname:
+        low, high = -1.0, 1.0
+    elif kind == "integer":
+        low, high = 1, 10
+    else:
+        low, high = 0.0, 1.0
+    low = _bound(schema, ("minimum", "exclusiveMinimum"), low)
+    high = _bound(schema, ("maximum", "exclusiveMaximum"), high)
+    if high < low:
+        high = low
+    share = _fraction(text, name, index)
+    if kind == "integer":
+        return int(math.ceil(low) + int(share * (math.floor(high) - math.ceil(low) + 1)))
+    value = round(low + share * (high - low), 3)
+    return min(max(value, low), high)
+
+
+def _bound(schema: dict, keys: tuple[str, str], default: float) -> float:
+    for key in keys:  # draft-4 exclusive bounds are booleans, not numbers
+        value = schema.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    return default
+
+
+def _string(schema: dict, text: str, name: str, index: int) -> str:
+    lname = name.lower()
+    fmt = schema.get("format")
+    if fmt == "date-time":
+        return "2024-01-01T00:00:00Z"
+    if fmt == "date":
+        return "2024-01-01"
+    if any(k in lname for k in ("summary", "description", "abstract", "explanation", "reason")):
+        value = first_sentence(text) or "No text."
+    elif any(k in lname for k in ("title", "heading", "headline")):
+        value = " ".join(words(text)[:8]) or "Untitled"
+    else:
+        terms = content_words(text, index + 1) or ["text"]
+        value = terms[min(index, len(terms) - 1)]
+    low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
+    if high is not None:
+        value = value[: int(high)]
+    return value.ljust(low, ".")
+
+
+def plain_answer(prompt: str, file_text: str) -> str:
+    """The answer when no schema is given: short, deterministic, about the marked text, else
+    the attached files, else the prompt."""
+    source = extract_marked(prompt) or file_text or prompt
+    terms = ", ".join(content_words(source, 5)) or "nothing in particular"
+    return f"{first_sentence(source) or 'Empty prompt.'} (Key terms: {terms}.)"
+
+
+def json_answer(schema: dict | None, prompt: str, file_text: str) -> Any:
+    """A JSON value for the request; a chunk array gets pieces of the marked text."""
+    source = extract_marked(prompt)
+    if source is None:
+        source = file_text or prompt
+    if schema is None:
+        return {"answer": first_sentence(source), "keywords": content_words(source, 5)}
+    return SchemaFiller(schema, source, source).fill()
+
+
+def embed(text: str, dimensions: int, task_type: str | None) -> list[float]:
+    """A dense vector: hashed word features plus text-seeded noise.
+
+    Like gemini-embedding-001 (Matryoshka), a shorter vector is a prefix of the 3072 one and
+    only the full 3072 vector is unit length; callers must normalize shorter ones.
+    """
+    full = [0.0] * FULL_EMBEDDING_DIM
+    for word in words(text.lower()):
+        if word in _STOPWORDS:
+            continue
+        seed = _seed("w", word)
+        for k in range(8):  # half the features land in the first 768 dims, which survive MRL
+            span = 768 if k < 4 else FULL_EMBEDDING_DIM
+            slot = (seed >> (k * 7)) % span
+            full[slot] += 0.05 if (seed >> (k + 56)) & 1 else -0.05
+    noise = random.Random(_seed("n", text, task_type or ""))
+    vector = [v + noise.gauss(0.0, 0.01) for v in full[:dimensions]]
+    if dimensions == FULL_EMBEDDING_DIM:
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        vector = [v / norm for v in vector]
+    return vector
