@@ -45,6 +45,27 @@ PROGRESS_STAGES = (
     "connected",
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ProviderOption = Annotated[
+    str | None,
+    typer.Option(
+        "--provider",
+        help="local or gemini. Default: gemini when GEMINI_API_KEY or GOOGLE_API_KEY is set, "
+        "else local (also settable as DOC_PIPELINE_PROVIDER).",
+    ),
+]
+
+
+def _choose_provider(provider: str | None) -> str:
+    """Set the provider for the definitions this process (and its children) will load."""
+    from doc_pipeline.settings import PROVIDER_ENV
+
+    if provider:
+        os.environ[PROVIDER_ENV] = provider
+    try:
+        return Settings.provider()
+    except ValueError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
 
 
 def _settings() -> Settings:
@@ -85,6 +106,7 @@ def ingest(
         typer.Argument(help="EPUB files, or folders searched for them.", exists=True),
     ],
     as_json: JsonOption = False,
+    provider: ProviderOption = None,
 ) -> None:
     """Register books and run them through the pipeline; prints a summary per document.
 
@@ -94,6 +116,7 @@ def ingest(
     from doc_pipeline.db import store
     from doc_pipeline.ingest import Ingestion
 
+    _choose_provider(provider)
     files = find_book_files(paths)
     if not files:
         err.print(
@@ -263,10 +286,12 @@ def export(
 def ui(
     port: Annotated[int, typer.Option(help="Port of the Dagster webserver.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    provider: ProviderOption = None,
 ) -> None:
     """Start `dagster dev` (webserver and daemon) on this project's instance and database."""
     from doc_pipeline.instance import dagster_environment
 
+    _choose_provider(provider)
     settings = _settings()
     env = {**os.environ, **dagster_environment(settings)}
     _app_engine()

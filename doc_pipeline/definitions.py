@@ -6,8 +6,10 @@ from doc_pipeline.assets import document_assets
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.blob_io_manager import BlobIOManager
+from doc_pipeline.resources.gemini_provider import GeminiProvider
 from doc_pipeline.resources.local_provider import LocalProvider
 from doc_pipeline.resources.source_store import SourceStore
+from doc_pipeline.settings import Settings
 
 DOCUMENT_JOB = "document_job"
 
@@ -21,6 +23,8 @@ document_job = define_asset_job(
     description="Process one document: source → markdown → chunks → embeddings → connections.",
 )
 
+PROVIDERS = {"local": LocalProvider, "gemini": GeminiProvider}
+
 defs = Definitions(
     assets=document_assets,
     jobs=[document_job],
@@ -28,6 +32,6 @@ defs = Definitions(
         "app_database": AppDatabase(),
         "source_store": SourceStore(),
         "io_manager": BlobIOManager(),
-        "provider": LocalProvider(),
+        "provider": PROVIDERS[Settings.provider()](),
     },
 )

@@ -14,6 +14,10 @@ from pathlib import Path
 HOME_ENV = "DOC_PIPELINE_HOME"
 DATABASE_URL_ENV = "DATABASE_URL"
 DEFAULT_HOME = Path(".doc_pipeline")
+PROVIDER_ENV = "DOC_PIPELINE_PROVIDER"
+PROVIDERS = ("local", "gemini")
+# The google-genai SDK reads these itself; they only decide the default provider here.
+API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,16 @@ class Settings:
     def from_env(cls) -> Settings:
         home = Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
         return cls(home=home, database_url=os.environ.get(DATABASE_URL_ENV) or None)
+
+    @staticmethod
+    def provider() -> str:
+        """`DOC_PIPELINE_PROVIDER` if set, else `gemini` when an API key is set, else `local`."""
+        chosen = os.environ.get(PROVIDER_ENV, "").strip().lower()
+        if chosen:
+            if chosen not in PROVIDERS:
+                raise ValueError(f"{PROVIDER_ENV}={chosen!r}: choose one of {', '.join(PROVIDERS)}")
+            return chosen
+        return "gemini" if any(os.environ.get(name) for name in API_KEY_ENVS) else "local"
 
     @property
     def pgdata(self) -> Path:

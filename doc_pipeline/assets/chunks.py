@@ -3,6 +3,7 @@ import time
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.assets.failures import user_facing_failures
 from doc_pipeline.core.chunk_rows import chunk_rows
 from doc_pipeline.core.epub import InvalidBookError
@@ -10,7 +11,7 @@ from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
-from doc_pipeline.resources.local_provider import LocalProvider
+from doc_pipeline.resources.provider import Provider
 
 
 @asset(partitions_def=documents_partitions, group_name="documents")
@@ -18,14 +19,16 @@ def chunks(
     context: AssetExecutionContext,
     extracted_markdown: dict,
     app_database: AppDatabase,
-    provider: LocalProvider,
+    provider: Provider,
 ) -> dict:
-    """Chunks of the markdown with stable ids, written by difference in one transaction."""
+    """Chunks of the markdown with stable ids and metadata, written by difference in one
+    transaction. AI requests go through the ledger, so a retry pays only for what is new."""
     document_id = context.partition_key
     engine = app_database.engine
+    scope = ledger_scope(context, app_database, provider, "chunks")
     started = time.perf_counter()
     with user_facing_failures(), tracked_stage(engine, document_id, "chunking", "chunked"):
-        pieces = provider.chunk(extracted_markdown["markdown"])
+        pieces = provider.chunk(extracted_markdown["markdown"], scope)
         if not pieces:
             raise InvalidBookError(f"{extracted_markdown['title']}: no text to chunk")
         rows = chunk_rows(document_id, pieces)
@@ -33,11 +36,13 @@ def chunks(
     sizes = [row["word_count"] for row in rows]
     context.add_output_metadata(
         {
+            "provider": provider.name,
             "chunks": MetadataValue.int(len(rows)),
             **{f"rows_{k}": MetadataValue.int(v) for k, v in counts.as_dict().items()},
             "words_min": MetadataValue.int(min(sizes)),
             "words_median": MetadataValue.int(int(statistics.median(sizes))),
             "words_max": MetadataValue.int(max(sizes)),
+            **ai_usage_metadata(scope),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
         }
     )

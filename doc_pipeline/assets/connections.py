@@ -7,7 +7,7 @@ from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
-from doc_pipeline.resources.local_provider import LocalProvider
+from doc_pipeline.resources.provider import Provider
 
 
 @asset(partitions_def=documents_partitions, group_name="documents")
@@ -15,7 +15,7 @@ def connections(
     context: AssetExecutionContext,
     embeddings: dict,
     app_database: AppDatabase,
-    provider: LocalProvider,
+    provider: Provider,
 ) -> dict:
     """Semantic connections from this document's chunks to the nearest chunks of other
     documents, found and written in one transaction so they only point at chunks that exist."""

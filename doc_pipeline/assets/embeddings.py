@@ -2,13 +2,12 @@ import time
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
-from doc_pipeline.resources.local_provider import LocalProvider
-
-BATCH_SIZE = 100
+from doc_pipeline.resources.provider import Provider
 
 
 @asset(partitions_def=documents_partitions, group_name="documents")
@@ -16,27 +15,34 @@ def embeddings(
     context: AssetExecutionContext,
     chunks: dict,
     app_database: AppDatabase,
-    provider: LocalProvider,
+    provider: Provider,
 ) -> dict:
-    """One vector per chunk and model. Only chunks without one are embedded, so a retry or a
-    re-ingest embeds nothing twice; each batch is committed before the next is computed."""
+    """One vector per chunk and model. Batches are cut the same way every time (by chunk order),
+    so a retried batch is the same ledger request and is not paid again; a batch whose chunks
+    all have vectors is skipped, and each batch is committed before the next one starts."""
     document_id = context.partition_key
     engine = app_database.engine
     model = provider.embedding_model
+    scope = ledger_scope(context, app_database, provider, "embeddings")
     started = time.perf_counter()
     inserted = 0
     with tracked_stage(engine, document_id, "embedding", "embedded"):
-        missing = store.chunks_missing_embeddings(engine, document_id, model)
-        for offset in range(0, len(missing), BATCH_SIZE):
-            batch = missing[offset : offset + BATCH_SIZE]
-            vectors = provider.embed([content for _, content in batch])
-            written = store.write_embeddings(
-                engine,
-                document_id,
-                model,
-                dict(zip((cid for cid, _ in batch), vectors, strict=True)),
-            )
-            inserted += written.inserted
+        missing = {
+            chunk_id for chunk_id, _ in store.chunks_missing_embeddings(engine, document_id, model)
+        }
+        ordered = store.chunk_texts(engine, document_id)
+        size = provider.embedding_batch_size
+        for offset in range(0, len(ordered), size):
+            batch = ordered[offset : offset + size]
+            if not any(chunk_id in missing for chunk_id, _ in batch):
+                continue
+            vectors = provider.embed([content for _, content in batch], scope)
+            wanted = {
+                chunk_id: vector
+                for (chunk_id, _), vector in zip(batch, vectors, strict=True)
+                if chunk_id in missing
+            }
+            inserted += store.write_embeddings(engine, document_id, model, wanted).inserted
         total = store.count_embeddings(engine, document_id, model)
     context.add_output_metadata(
         {
@@ -46,6 +52,7 @@ def embeddings(
             "already_embedded": MetadataValue.int(total - inserted),
             "vectors": MetadataValue.int(total),
             "chunks": MetadataValue.int(len(chunks["chunk_ids"])),
+            **ai_usage_metadata(scope),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
         }
     )

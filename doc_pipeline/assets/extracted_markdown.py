@@ -10,7 +10,7 @@ from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
-from doc_pipeline.resources.local_provider import LocalProvider
+from doc_pipeline.resources.provider import Provider
 
 
 @asset(partitions_def=documents_partitions, group_name="documents")
@@ -18,7 +18,7 @@ def extracted_markdown(
     context: AssetExecutionContext,
     source_document: dict,
     app_database: AppDatabase,
-    provider: LocalProvider,
+    provider: Provider,
 ) -> dict:
     """The book as markdown: spine order, chapter headings, footnotes; no licence boilerplate."""
     document_id = context.partition_key

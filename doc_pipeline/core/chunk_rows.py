@@ -8,8 +8,8 @@ from doc_pipeline.core.chunking import TextChunk
 from doc_pipeline.core.ids import chunk_ids
 
 
-def chunk_rows(document_id: str, chunks: list[TextChunk]) -> list[dict[str, Any]]:
-    ids = chunk_ids(document_id, (chunk.content for chunk in chunks))
+def chunk_rows(document_id: str, chunks: list[tuple[TextChunk, dict]]) -> list[dict[str, Any]]:
+    ids = chunk_ids(document_id, (chunk.content for chunk, _ in chunks))
     return [
         {
             "id": chunk_id,
@@ -20,7 +20,7 @@ def chunk_rows(document_id: str, chunks: list[TextChunk]) -> list[dict[str, Any]
             "word_count": chunk.word_count,
             "char_count": chunk.char_count,
             "heading_path": list(chunk.heading_path),
-            "metadata": {"chunker": "structural"},
+            "metadata": metadata,
         }
-        for chunk_id, chunk in zip(ids, chunks, strict=True)
+        for chunk_id, (chunk, metadata) in zip(ids, chunks, strict=True)
     ]

@@ -358,3 +358,21 @@ class Ledger:
                 **context,
             )
         )
+
+
+@dataclass
+class LedgerScope:
+    """The ledger as one stage of one document uses it: attributes calls and tallies them."""
+
+    ledger: Ledger
+    document_id: str | None
+    stage: str
+    run_id: str | None = None
+    tally: LedgerTally = field(default_factory=LedgerTally)
+
+    def call(self, request: AIRequest, fetch: Callable[[], AIAnswer]) -> LedgerResult:
+        result = self.ledger.call(
+            request, fetch, document_id=self.document_id, stage=self.stage, run_id=self.run_id
+        )
+        self.tally.add(result)
+        return result

@@ -235,6 +235,17 @@ def load_chunks(engine: Engine, document_id: str) -> list[dict[str, Any]]:
 # --- embeddings --------------------------------------------------------------------------
 
 
+def chunk_texts(engine: Engine, document_id: str) -> list[tuple[str, str]]:
+    """(chunk id, content) of the document's chunks in order."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(Chunk.id, Chunk.content)
+            .where(Chunk.document_id == document_id)
+            .order_by(Chunk.chunk_index)
+        )
+        return [(row.id, row.content) for row in rows]
+
+
 def chunks_missing_embeddings(
     engine: Engine, document_id: str, model: str
 ) -> list[tuple[str, str]]:

@@ -1,0 +1,219 @@
+"""The `gemini` provider: AI semantic chunking and embeddings through the google-genai SDK.
+
+Every request goes through the AI ledger, so a retry pays only for requests that never got an
+answer. The SDK's own environment variables keep working: `GEMINI_API_KEY` (or
+`GOOGLE_API_KEY`) and `GOOGLE_GEMINI_BASE_URL`, so the pipeline can run against a local server.
+The key is never part of this resource's config, so it shows in no run config or metadata.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from dagster import InitResourceContext
+from google import genai
+from google.genai import types
+from pydantic import PrivateAttr
+
+from doc_pipeline.core import ai_chunking
+from doc_pipeline.core.ai_chunking import MalformedAnswer, SafetyBlocked, Window
+from doc_pipeline.core.chunking import TextChunk
+from doc_pipeline.core.ledger import AIAnswer, AIRequest, LedgerScope, Usage
+from doc_pipeline.resources.provider import Provider
+
+PROVIDER = "gemini"
+EMBEDDING_TASK = "RETRIEVAL_DOCUMENT"
+BLOCKED_FINISH_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION"}
+
+
+class ChunkingFailed(RuntimeError):
+    """A window's answer stayed unusable after splitting it as far as allowed."""
+
+
+class GeminiProvider(Provider):
+    """Chunks each chapter with a Gemini model (structured JSON output) and embeds chunks with
+    `gemini-embedding-001`. Prices are USD per million tokens."""
+
+    chunking_model: str = "gemini-2.5-flash"
+    embedding_model_name: str = "gemini-embedding-001"
+    dimensions: int = 768
+    document_type: str = "non-fiction"
+    window_chars: int = 24_000
+    window_overlap_chars: int = 1_500
+    max_output_tokens: int = 65_536
+    max_chunk_words: int = 1_500
+    max_splits: int = 4  # how often an unusable answer's text may be halved and asked again
+    request_timeout_seconds: float = 600.0
+    max_attempts: int = 6
+    initial_backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+    price_input_per_million: float = 0.30
+    price_output_per_million: float = 2.50
+    price_embedding_per_million: float = 0.15
+    # Gemini embeddings of related passages sit well above unrelated ones (about 0.5).
+    connection_min_similarity: float = 0.70
+
+    _client: genai.Client | None = PrivateAttr(default=None)
+
+    @property
+    def name(self) -> str:
+        return PROVIDER
+
+    @property
+    def embedding_model(self) -> str:
+        return self.embedding_model_name
+
+    @property
+    def embedding_dimensions(self) -> int:
+        return self.dimensions
+
+    @property
+    def lease_seconds(self) -> float:
+        # Longer than one request can take with all its retries and back-off.
+        return self.max_attempts * (self.request_timeout_seconds + self.max_backoff_seconds) + 60
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # Keep a reference: a client that is garbage collected closes its connections.
+        self._client = genai.Client(
+            http_options=types.HttpOptions(
+                timeout=int(self.request_timeout_seconds * 1000),  # the SDK wants milliseconds
+                retry_options=types.HttpRetryOptions(
+                    attempts=self.max_attempts,
+                    initial_delay=self.initial_backoff_seconds,
+                    max_delay=self.max_backoff_seconds,
+                    exp_base=2,
+                    jitter=1,
+                    http_status_codes=[408, 429, 500, 502, 503, 504],
+                ),
+            )
+        )
+
+    @property
+    def client(self) -> genai.Client:
+        if self._client is None:
+            raise RuntimeError("the Gemini client is created when a run starts")
+        return self._client
+
+    # -- chunking ---------------------------------------------------------------------------
+
+    def chunk(self, markdown: str, scope: LedgerScope) -> list[tuple[TextChunk, dict]]:
+        template = ai_chunking.load_prompt(self.document_type)
+        windows = ai_chunking.chapter_windows(
+            markdown, max_chars=self.window_chars, overlap_chars=self.window_overlap_chars
+        )
+        anchored = []
+        for window in windows:
+            anchored.extend(self._chunk_window(markdown, window, template, scope, depth=0))
+        return ai_chunking.assemble_chunks(markdown, anchored, max_words=self.max_chunk_words)
+
+    def _chunk_window(
+        self, markdown: str, window: Window, template: str, scope: LedgerScope, depth: int
+    ) -> list:
+        text = markdown[window.start : window.end]
+        prompt = ai_chunking.build_prompt(template, text)
+        config = {
+            "response_mime_type": "application/json",
+            "response_json_schema": ai_chunking.chunk_schema(),
+            "max_output_tokens": self.max_output_tokens,
+            "temperature": 0.0,
+        }
+        request = AIRequest(
+            PROVIDER,
+            self.chunking_model,
+            f"{ai_chunking.PROMPT_VERSION}/{self.document_type}",
+            {"prompt": prompt, "config": config},
+        )
+        result = scope.call(request, lambda: self._generate(prompt, config))
+        finish_reason = result.response.get("finish_reason")
+        chapter = " › ".join(window.heading_path) or f"text at offset {window.start}"
+        if finish_reason in BLOCKED_FINISH_REASONS:
+            raise SafetyBlocked(f"the model refused to chunk {chapter!r} ({finish_reason})")
+        try:
+            items = ai_chunking.parse_answer(result.response.get("text"), finish_reason)
+        except MalformedAnswer as problem:
+            if depth >= self.max_splits or window.end - window.start < 200:
+                raise ChunkingFailed(
+                    f"unusable answer for {chapter!r} after {depth} splits: {problem.reason}"
+                ) from problem
+            # Never drop text: ask again for each half; each half is a new ledger request.
+            return [
+                anchored
+                for half in ai_chunking.split_window(markdown, window)
+                for anchored in self._chunk_window(markdown, half, template, scope, depth + 1)
+            ]
+        anchored, _refused = ai_chunking.anchor_chunks(markdown, window, items)
+        return anchored
+
+    def _generate(self, prompt: str, config: dict[str, Any]) -> AIAnswer:
+        response = self.client.models.generate_content(
+            model=self.chunking_model,
+            contents=prompt,
+            config=types.GenerateContentConfig(**config),
+        )
+        candidate = response.candidates[0] if response.candidates else None
+        finish_reason = (
+            candidate.finish_reason.name if candidate and candidate.finish_reason else None
+        )
+        if finish_reason is None and response.prompt_feedback is not None:
+            finish_reason = getattr(response.prompt_feedback.block_reason, "name", None)
+        meta = response.usage_metadata
+        usage = Usage(
+            prompt_tokens=(meta.prompt_token_count or 0) if meta else 0,
+            output_tokens=(meta.candidates_token_count or 0) if meta else 0,
+            thinking_tokens=(meta.thoughts_token_count or 0) if meta else 0,
+        )
+        text = None
+        if candidate and candidate.content and candidate.content.parts:
+            text = "".join(part.text or "" for part in candidate.content.parts) or None
+        return AIAnswer(
+            {"text": text, "finish_reason": finish_reason}, usage, self._generation_cost(usage)
+        )
+
+    def _generation_cost(self, usage: Usage) -> Decimal:
+        # Thinking tokens are billed as output tokens.
+        output = usage.output_tokens + usage.thinking_tokens
+        cost = (
+            usage.prompt_tokens * self.price_input_per_million
+            + output * self.price_output_per_million
+        ) / 1_000_000
+        return Decimal(str(round(cost, 6)))
+
+    # -- embeddings -------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], scope: LedgerScope) -> np.ndarray:
+        if len(texts) > 100:
+            raise ValueError("the Gemini API embeds at most 100 texts per request")
+        payload = {"texts": texts, "dimensions": self.dimensions, "task_type": EMBEDDING_TASK}
+        request = AIRequest(PROVIDER, self.embedding_model_name, "embedding-v1", payload)
+        result = scope.call(request, lambda: self._embed(texts))
+        vectors = np.asarray(result.response["vectors"], dtype=np.float32)
+        if vectors.shape != (len(texts), self.dimensions):
+            raise ValueError(
+                f"the embedding answer has shape {vectors.shape}, "
+                f"expected ({len(texts)}, {self.dimensions})"
+            )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not np.all(norms > 0):
+            raise ValueError("the embedding answer holds a zero vector")
+        # Below 3072 dimensions the model's vectors are not normalized.
+        return vectors / norms
+
+    def _embed(self, texts: list[str]) -> AIAnswer:
+        response = self.client.models.embed_content(
+            model=self.embedding_model_name,
+            contents=texts,
+            config=types.EmbedContentConfig(
+                output_dimensionality=self.dimensions, task_type=EMBEDDING_TASK
+            ),
+        )
+        vectors = [[round(v, 7) for v in embedding.values] for embedding in response.embeddings]
+        # The Gemini API reports no usage for embeddings: estimate about 4 characters a token.
+        tokens = sum(len(text) for text in texts) // 4 + len(texts)
+        cost = Decimal(str(round(tokens * self.price_embedding_per_million / 1_000_000, 6)))
+        return AIAnswer(
+            {"vectors": vectors},
+            Usage(prompt_tokens=tokens),
+            cost,
+        )

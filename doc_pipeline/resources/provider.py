@@ -1,0 +1,56 @@
+"""What every AI provider offers the assets: extraction, chunking, embedding, connection config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from dagster import ConfigurableResource
+
+from doc_pipeline.core.chunking import TextChunk
+from doc_pipeline.core.epub import ExtractedBook, epub_to_markdown
+from doc_pipeline.core.ledger import LedgerScope
+from doc_pipeline.core.semantic import SemanticConfig
+
+
+class Provider(ConfigurableResource):
+    """Base of the `local` and `gemini` providers (the `provider` resource)."""
+
+    connection_top_k: int = 5
+    # Minimum cosine similarity of a semantic connection; it depends on the embedder.
+    connection_min_similarity: float = 0.5
+    embedding_batch_size: int = 100
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def embedding_model(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def embedding_dimensions(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long an AI request may take before another worker may pay for it instead."""
+        return 900.0
+
+    def extract(self, path: Path, name: str) -> ExtractedBook:
+        return epub_to_markdown(path, name)
+
+    def chunk(self, markdown: str, scope: LedgerScope) -> list[tuple[TextChunk, dict]]:
+        """Chunks that partition the markdown, each with its metadata."""
+        raise NotImplementedError
+
+    def embed(self, texts: list[str], scope: LedgerScope) -> np.ndarray:
+        """One L2-normalized vector per text (at most `embedding_batch_size` texts)."""
+        raise NotImplementedError
+
+    @property
+    def semantic_config(self) -> SemanticConfig:
+        return SemanticConfig(
+            top_k=self.connection_top_k, min_similarity=self.connection_min_similarity
+        )

@@ -1,0 +1,184 @@
+"""The `gemini` provider end to end: the real google-genai SDK against the fake Gemini server,
+the CLI in a subprocess (as a user runs it), a real Dagster instance and Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from doc_pipeline.db import store
+from doc_pipeline_tests.conftest import CORPUS, create_database
+from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.processes import stop_process_group
+from doc_pipeline_tests.wordcount import words
+
+API_KEY = "test-secret-key-4f9d2c"
+FLATLAND = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
+PETER_RABBIT = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"
+PAID = ("generateContent", "batchEmbedContents")
+
+
+class GeminiPipeline:
+    def __init__(self, home: Path, database_url: str, fake: FakeGemini):
+        self.home, self.database_url, self.fake = home, database_url, fake
+        self.engine = store.engine_for(database_url)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GOOGLE_API_KEY")},
+            "DOC_PIPELINE_HOME": str(home),
+            "DATABASE_URL": database_url,
+            "GEMINI_API_KEY": API_KEY,
+            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+        }
+        self.outputs: list[str] = []
+
+    def start_ingest(self, *books: Path) -> subprocess.Popen:
+        command = [sys.executable, "-m", "doc_pipeline", "ingest", "--json", *map(str, books)]
+        return subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def ingest(self, *books: Path) -> dict[str, dict]:
+        process = self.start_ingest(*books)
+        try:
+            stdout, stderr = process.communicate(timeout=600)
+        finally:
+            stop_process_group(process)
+        self.outputs += [stdout, stderr]
+        assert process.returncode == 0, stderr[-3000:]
+        return {Path(o["source_file"]).name: o for o in json.loads(stdout)}
+
+    def paid_requests(self) -> Counter:
+        return Counter(
+            r["api_method"]
+            for r in self.fake.requests
+            if r.get("api_method") in PAID and r.get("status") == 200
+        )
+
+    def ledger(self) -> Counter:
+        with self.engine.connect() as conn:
+            return Counter(conn.execute(sa.text("SELECT outcome FROM ai_calls")).scalars())
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture
+def pipeline(postgres_server, tmp_path, fake):
+    fake.clear_requests()
+    fake.clear_faults()
+    pipeline = GeminiPipeline(tmp_path / "home", create_database(postgres_server), fake)
+    yield pipeline
+    pipeline.engine.dispose()
+
+
+def test_ingest_pays_each_request_once_and_a_second_ingest_pays_nothing(pipeline):
+    first = pipeline.ingest(FLATLAND)[FLATLAND.name]
+    assert first["stage"] == "embedded" or first["stage"] == "connected"
+    paid = pipeline.paid_requests()
+    assert paid["generateContent"] > 3 and paid["batchEmbedContents"] >= 1
+    assert pipeline.ledger()["paid"] == sum(paid.values())
+
+    chunks = store.load_chunks(pipeline.engine, first["document_id"])
+    markdown = json.loads(
+        (
+            pipeline.home / "blobs/outputs/extracted_markdown" / f"{first['document_id']}.json"
+        ).read_text()
+    )["markdown"]
+    assert Counter(w for c in chunks for w in words(c["content"])) == Counter(words(markdown))
+    assert all(markdown[c["start_offset"] : c["end_offset"]] == c["content"] for c in chunks)
+    assert all(2 <= len(c["metadata"]["themes"]) <= 5 for c in chunks)
+    assert all(-1 <= c["metadata"]["emotional_polarity"] <= 1 for c in chunks)
+
+    second = pipeline.ingest(FLATLAND)[FLATLAND.name]
+    assert pipeline.paid_requests() == paid, "a second ingest made new AI requests"
+    assert second["chunks"] == first["chunks"]
+    assert pipeline.ledger()["paid"] == sum(paid.values())
+
+
+def test_killed_run_resumes_paying_only_for_what_was_never_answered(
+    pipeline, postgres_server, tmp_path
+):
+    # N, the requests of a clean run, from the same book in another database.
+    clean = GeminiPipeline(tmp_path / "clean", create_database(postgres_server), pipeline.fake)
+    clean.ingest(FLATLAND)
+    total = sum(clean.paid_requests().values())
+    pipeline.fake.clear_requests()
+
+    pipeline.fake.add_fault("generateContent", delay_seconds=0.4)
+    process = pipeline.start_ingest(FLATLAND)
+    try:
+        deadline = time.monotonic() + 300
+        while sum(pipeline.paid_requests().values()) < 4:
+            assert process.poll() is None and time.monotonic() < deadline, "run ended too soon"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+    finally:
+        stop_process_group(process)
+    answered_before_kill = sum(pipeline.paid_requests().values())
+    pipeline.fake.clear_faults()
+    pipeline.fake.clear_requests()
+
+    pipeline.ingest(FLATLAND)
+    resumed = sum(pipeline.paid_requests().values())
+    # In flight at the kill: at most one request (the document job runs one step at a time).
+    assert total - answered_before_kill <= resumed <= total - answered_before_kill + 1
+    assert pipeline.ledger()["hit"] >= answered_before_kill - 1
+
+
+def test_rate_limits_outages_and_truncated_answers_are_survived(pipeline):
+    pipeline.fake.add_fault("generateContent", times=2, status=429)
+    pipeline.fake.add_fault("batchEmbedContents", times=2, status=503)
+    pipeline.fake.add_fault("generateContent", times=1, truncate_json=True)
+    outcome = pipeline.ingest(PETER_RABBIT)[PETER_RABBIT.name]
+    assert outcome["stage"] in ("embedded", "connected")
+    statuses = Counter(r["status"] for r in pipeline.fake.requests)
+    assert statuses[429] == 2 and statuses[503] == 2
+    chunks = store.load_chunks(pipeline.engine, outcome["document_id"])
+    assert chunks and all(c["metadata"].get("themes") for c in chunks)
+
+
+def test_the_api_key_appears_nowhere(pipeline):
+    pipeline.fake.add_fault("generateContent", times=1, status=500)
+    pipeline.ingest(PETER_RABBIT)
+    assert all(API_KEY not in output for output in pipeline.outputs)
+    with pipeline.engine.connect() as conn:
+        dumped = (
+            conn.execute(
+                sa.text(
+                    "SELECT string_agg(t::text, '') FROM (SELECT * FROM ai_calls) t"
+                    " UNION ALL SELECT string_agg(t::text, '') FROM (SELECT * FROM documents) t"
+                    " UNION ALL SELECT string_agg(t::text, '') FROM (SELECT * FROM chunks) t"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert all(API_KEY not in (text or "") for text in dumped)
+    dagster_db = sa.engine.make_url(pipeline.database_url)
+    engine = sa.create_engine(
+        dagster_db.set(database=f"{dagster_db.database}_dagster"), poolclass=sa.NullPool
+    )
+    with engine.connect() as conn:
+        events = conn.execute(sa.text("SELECT string_agg(event, '') FROM event_logs")).scalar()
+        runs = conn.execute(sa.text("SELECT string_agg(run_body, '') FROM runs")).scalar()
+    engine.dispose()
+    assert events and API_KEY not in events and API_KEY not in (runs or "")
+    assert API_KEY not in json.dumps(pipeline.fake.requests)
