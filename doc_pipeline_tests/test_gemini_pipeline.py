@@ -143,6 +143,28 @@ def test_killed_run_resumes_paying_only_for_what_was_never_answered(
     assert pipeline.ledger()["hit"] >= answered_before_kill - 1
 
 
+def test_two_concurrent_runs_of_a_document_pay_each_request_once(pipeline):
+    pipeline.fake.add_fault("generateContent", delay_seconds=0.1)  # keep the runs overlapping
+    processes = [pipeline.start_ingest(FLATLAND) for _ in range(2)]
+    try:
+        results = [process.communicate(timeout=600) for process in processes]
+    finally:
+        for process in processes:
+            stop_process_group(process)
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    paid = [
+        r["body_sha256"]
+        for r in pipeline.fake.requests
+        if r.get("api_method") in PAID and r.get("status") == 200
+    ]
+    assert paid and len(paid) == len(set(paid)), "a request was paid twice"
+    outcomes = [json.loads(stdout)[0] for stdout, _ in results]
+    assert {o["stage"] for o in outcomes} == {"connected"}
+    assert len({o["chunks"] for o in outcomes}) == 1
+    assert pipeline.ledger()["hit"] >= len(paid) - 2  # the loser waited for each answer
+
+
 def test_rate_limits_outages_and_truncated_answers_are_survived(pipeline):
     pipeline.fake.add_fault("generateContent", times=2, status=429)
     pipeline.fake.add_fault("batchEmbedContents", times=2, status=503)

@@ -23,6 +23,7 @@ def connections(
     engine = app_database.engine
     started = time.perf_counter()
     with tracked_stage(engine, document_id, "connecting", "connected"), engine.begin() as conn:
+        store.lock_document(conn, document_id)
         edges = find_semantic_edges(
             conn, document_id, embeddings["model"], provider.semantic_config
         )

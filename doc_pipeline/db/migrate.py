@@ -8,24 +8,45 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
+# Any fixed number: the key of the advisory lock that serializes migrations of one database.
+_MIGRATION_LOCK = 0x646F6350_0001
+
+
+def _locked(url: str, action) -> None:
+    """Run an Alembic command while holding a database-wide advisory lock, so that two
+    processes starting at once (two `ingest`s on a fresh database) migrate one after the other."""
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+            try:
+                config = alembic_config()
+                config.attributes["connection"] = conn
+                action(config)
+                conn.commit()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK})
+    finally:
+        engine.dispose()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    _locked(url, lambda config: command.upgrade(config, revision))
 
 
 def downgrade(url: str, revision: str) -> None:
-    command.downgrade(alembic_config(url), revision)
+    _locked(url, lambda config: command.downgrade(config, revision))
 
 
 def current_revision(url: str) -> str | None:
@@ -38,4 +59,4 @@ def current_revision(url: str) -> str | None:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -52,7 +52,12 @@ def _create_database_if_missing(server_url: str, name: str) -> None:
                 sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
             ).scalar()
             if not exists:
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                try:
+                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                except sa.exc.ProgrammingError as error:
+                    # Another process created it between our check and our CREATE.
+                    if "already exists" not in str(error):
+                        raise
     finally:
         admin.dispose()
 

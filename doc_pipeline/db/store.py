@@ -169,6 +169,17 @@ def count_connections(conn: sa.Connection, document_id: str) -> int:
     ).scalar_one()
 
 
+def lock_document(conn: sa.Connection, document_id: str) -> None:
+    """Serialize the stage writes of one document until the transaction ends, so two runs of the
+    same document racing each compute their difference against the other's committed result.
+    NO KEY UPDATE: foreign-key checks of other transactions (KEY SHARE) are not blocked."""
+    statement = sa.select(Document.id).where(Document.id == document_id)
+    # key_share=True renders FOR NO KEY UPDATE (with read=True it would be FOR KEY SHARE).
+    found = conn.execute(statement.with_for_update(key_share=True)).first()
+    if found is None:
+        raise LookupError(f"document {document_id} is not registered")
+
+
 # --- chunks ------------------------------------------------------------------------------
 
 _CHUNK_FIELDS = (
@@ -192,6 +203,7 @@ def write_chunks(
     if len(new) != len(rows):
         raise ValueError(f"duplicate chunk ids for document {document_id}")
     with engine.begin() as conn:
+        lock_document(conn, document_id)
         existing = {
             row.id: row._mapping
             for row in conn.execute(sa.select(table).where(table.c.document_id == document_id))
@@ -289,7 +301,7 @@ def write_embeddings(
             conn.scalars(
                 sa.select(Chunk.id)
                 .where(Chunk.id.in_(list(vectors)))
-                .with_for_update(key_share=True)
+                .with_for_update(read=True, key_share=True)  # FOR KEY SHARE
             )
         )
         rows = [row for row in rows if row["chunk_id"] in live]
@@ -360,7 +372,9 @@ def write_connections(
         ids = {e.source_chunk_id for e in changed} | {e.target_chunk_id for e in changed}
         live = set(
             conn.scalars(
-                sa.select(Chunk.id).where(Chunk.id.in_(ids)).with_for_update(key_share=True)
+                sa.select(Chunk.id)
+                .where(Chunk.id.in_(ids))
+                .with_for_update(read=True, key_share=True)  # FOR KEY SHARE
             )
         )
         rows = [
