@@ -107,6 +107,16 @@ def ingest(
     ],
     as_json: JsonOption = False,
     provider: ProviderOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A YAML (or JSON) file of Dagster run config for every run, e.g. "
+            "`resources: {provider: {config: {max_words: 900}}}`.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Register books and run them through the pipeline; prints a summary per document.
 
@@ -153,7 +163,12 @@ def ingest(
             for row in store.document_summaries(engine_box[0], list(tasks)):
                 _show_stage(progress, tasks, row["id"], row["stage"])
 
-    ingestion = Ingestion(settings, on_registered=registered, on_run_finished=finished)
+    ingestion = Ingestion(
+        settings,
+        run_config=_read_run_config(config) if config else {},
+        on_registered=registered,
+        on_run_finished=finished,
+    )
     watcher = threading.Thread(target=watch, daemon=True)
     with progress:
         from doc_pipeline.ingest import prepare_app_database
@@ -171,6 +186,20 @@ def ingest(
         _print_outcomes(outcomes)
     if any(o.failed for o in outcomes):
         raise typer.Exit(1)
+
+
+def _read_run_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        err.print(f"[red]{path}: not valid YAML: {error}[/red]")
+        raise typer.Exit(2) from error
+    if not isinstance(loaded, dict):
+        err.print(f"[red]{path}: run config must be a mapping[/red]")
+        raise typer.Exit(2)
+    return loaded
 
 
 def _show_stage(

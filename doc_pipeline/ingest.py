@@ -64,6 +64,8 @@ class Ingestion:
     """One `ingest` call: what it found, and callbacks for progress."""
 
     settings: Settings
+    # Dagster run config for every run, e.g. {"resources": {"provider": {"config": {...}}}}.
+    run_config: dict = field(default_factory=dict)
     on_registered: Callable[[IngestOutcome], None] = lambda outcome: None
     on_run_finished: Callable[[IngestOutcome], None] = lambda outcome: None
 
@@ -116,7 +118,7 @@ class Ingestion:
             reconstructable(document_job),
             instance=instance,
             tags={"dagster/partition": outcome.document_id, "doc_pipeline/source": "cli"},
-            run_config=QUIET_RUN_CONFIG,
+            run_config=_merged(QUIET_RUN_CONFIG, self.run_config),
             asset_selection=assets,
             raise_on_error=False,
         )
@@ -154,6 +156,16 @@ def prepare_app_database(settings: Settings) -> Engine:
     url = database_urls(settings).app
     migrate.upgrade(url)
     return store.engine_for(url)
+
+
+def _merged(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _run_failure(result) -> str:

@@ -51,15 +51,25 @@ class GeminiPipeline:
             start_new_session=True,
         )
 
-    def ingest(self, *books: Path) -> dict[str, dict]:
-        process = self.start_ingest(*books)
+    def ingest(self, *books: Path, expect_exit: int = 0, fast_retries: bool = False) -> dict:
+        args = [*books, "--config", str(self.write_fast_retries())] if fast_retries else books
+        process = self.start_ingest(*args)
         try:
             stdout, stderr = process.communicate(timeout=600)
         finally:
             stop_process_group(process)
         self.outputs += [stdout, stderr]
-        assert process.returncode == 0, stderr[-3000:]
+        assert process.returncode == expect_exit, stderr[-3000:]
         return {Path(o["source_file"]).name: o for o in json.loads(stdout)}
+
+    def write_fast_retries(self) -> Path:
+        """Run config with short back-off, so that outages are given up on in seconds."""
+        path = self.home.parent / "fast-retries.yaml"
+        path.write_text(
+            "resources:\n  provider:\n    config:\n      max_attempts: 4\n"
+            "      initial_backoff_seconds: 0.05\n      max_backoff_seconds: 0.2\n"
+        )
+        return path
 
     def paid_requests(self) -> Counter:
         return Counter(
@@ -165,16 +175,45 @@ def test_two_concurrent_runs_of_a_document_pay_each_request_once(pipeline):
     assert pipeline.ledger()["hit"] >= len(paid) - 2  # the loser waited for each answer
 
 
-def test_rate_limits_outages_and_truncated_answers_are_survived(pipeline):
+def test_rate_limits_outages_drops_and_truncated_answers_are_survived(pipeline):
     pipeline.fake.add_fault("generateContent", times=2, status=429)
     pipeline.fake.add_fault("batchEmbedContents", times=2, status=503)
+    pipeline.fake.add_fault("batchEmbedContents", times=1, drop_connection=True)
     pipeline.fake.add_fault("generateContent", times=1, truncate_json=True)
-    outcome = pipeline.ingest(PETER_RABBIT)[PETER_RABBIT.name]
+    outcome = pipeline.ingest(PETER_RABBIT, fast_retries=True)[PETER_RABBIT.name]
     assert outcome["stage"] in ("embedded", "connected")
     statuses = Counter(r["status"] for r in pipeline.fake.requests)
-    assert statuses[429] == 2 and statuses[503] == 2
+    assert statuses[429] == 2 and statuses[503] == 2 and statuses[None] == 1  # None: dropped
+    truncated = [r for r in pipeline.fake.requests if (r.get("fault") or {}).get("truncate_json")]
+    assert len(truncated) == 1
     chunks = store.load_chunks(pipeline.engine, outcome["document_id"])
     assert chunks and all(c["metadata"].get("themes") for c in chunks)
+
+
+def test_a_safety_block_fails_the_document_naming_the_chapter(pipeline):
+    pipeline.fake.add_fault("generateContent", safety_block=True)
+    outcome = pipeline.ingest(PETER_RABBIT, expect_exit=1)[PETER_RABBIT.name]
+    assert outcome["stage"] == "failed" and outcome["error_class"] == "permanent"
+    assert "refused to chunk" in outcome["error_message"]
+    assert "Peter Rabbit" in outcome["error_message"] or "offset" in outcome["error_message"]
+
+
+def test_a_persistent_outage_fails_as_transient_and_keeps_every_paid_answer(pipeline):
+    pipeline.fake.add_fault("generateContent", times=3)  # the first three are answered
+    pipeline.fake.add_fault("generateContent", status=503)
+    outcome = pipeline.ingest(FLATLAND, expect_exit=1, fast_retries=True)[FLATLAND.name]
+    assert outcome["stage"] == "failed" and outcome["error_class"] == "transient"
+    assert "503" in outcome["error_message"] and "4 times" in outcome["error_message"]
+    assert pipeline.ledger()["paid"] == 3
+    answered = pipeline.paid_requests()["generateContent"]
+    assert answered == 3
+
+    pipeline.fake.clear_faults()
+    pipeline.fake.clear_requests()
+    assert pipeline.ingest(FLATLAND)[FLATLAND.name]["stage"] == "connected"
+    assert pipeline.ledger()["hit"] >= 3  # the answers paid before the outage were reused
+    bodies = [r["body_sha256"] for r in pipeline.fake.requests if r["status"] == 200]
+    assert len(bodies) == len(set(bodies))
 
 
 def test_the_api_key_appears_nowhere(pipeline):

@@ -46,18 +46,17 @@ def _with_driver(url: str, driver: str) -> str:
 
 def _create_database_if_missing(server_url: str, name: str) -> None:
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
     try:
         with admin.connect() as conn:
-            exists = conn.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-            ).scalar()
-            if not exists:
-                try:
-                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-                except sa.exc.ProgrammingError as error:
-                    # Another process created it between our check and our CREATE.
-                    if "already exists" not in str(error):
-                        raise
+            if conn.execute(exists, {"name": name}).scalar():
+                return
+            try:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            except sa.exc.DBAPIError:
+                # Another process may have created it between our check and our CREATE.
+                if not conn.execute(exists, {"name": name}).scalar():
+                    raise
     finally:
         admin.dispose()
 

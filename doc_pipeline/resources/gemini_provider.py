@@ -8,12 +8,17 @@ The key is never part of this resource's config, so it shows in no run config or
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import tenacity
 from dagster import InitResourceContext
 from google import genai
+from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import PrivateAttr
 
@@ -26,10 +31,34 @@ from doc_pipeline.resources.provider import Provider
 PROVIDER = "gemini"
 EMBEDDING_TASK = "RETRIEVAL_DOCUMENT"
 BLOCKED_FINISH_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION"}
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+# The SDK's transport is httpx or its fork httpx2; a dropped connection or a timeout raises a
+# TransportError of whichever is installed.
+TRANSPORT_ERRORS = tuple(
+    module.TransportError
+    for module in (
+        importlib.import_module(name)
+        for name in ("httpx", "httpx2")
+        if importlib.util.find_spec(name) is not None
+    )
+)
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ChunkingFailed(RuntimeError):
     """A window's answer stayed unusable after splitting it as far as allowed."""
+
+
+class AIUnavailable(ConnectionError):
+    """The API kept failing (rate limits, 5xx, timeouts, dropped connections) after every
+    attempt; a later retry of the run resumes, paying only for what was never answered."""
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, genai_errors.APIError):
+        return error.code in RETRYABLE_STATUS
+    return isinstance(error, TRANSPORT_ERRORS)
 
 
 class GeminiProvider(Provider):
@@ -75,20 +104,35 @@ class GeminiProvider(Provider):
         return self.max_attempts * (self.request_timeout_seconds + self.max_backoff_seconds) + 60
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        # Keep a reference: a client that is garbage collected closes its connections.
+        # Keep a reference: a client that is garbage collected closes its connections. No SDK
+        # retries: the SDK does not retry dropped connections, so `_with_retries` does it all.
         self._client = genai.Client(
             http_options=types.HttpOptions(
-                timeout=int(self.request_timeout_seconds * 1000),  # the SDK wants milliseconds
-                retry_options=types.HttpRetryOptions(
-                    attempts=self.max_attempts,
-                    initial_delay=self.initial_backoff_seconds,
-                    max_delay=self.max_backoff_seconds,
-                    exp_base=2,
-                    jitter=1,
-                    http_status_codes=[408, 429, 500, 502, 503, 504],
-                ),
+                timeout=int(self.request_timeout_seconds * 1000)  # the SDK wants milliseconds
             )
         )
+
+    def _with_retries(self, call: Callable[[], T], what: str) -> T:
+        """Bounded exponential back-off with jitter on 429, 5xx, timeouts and dropped
+        connections; other errors (a bad request, a refused key) fail at once."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=tenacity.wait_exponential_jitter(
+                initial=self.initial_backoff_seconds, max=self.max_backoff_seconds
+            ),
+            retry=tenacity.retry_if_exception(is_transient),
+            before_sleep=tenacity.before_sleep_log(logger, logging.WARNING),
+            reraise=True,
+        )
+        try:
+            return retrying(call)
+        except Exception as error:
+            if is_transient(error):
+                raise AIUnavailable(
+                    f"{what}: the Gemini API failed {self.max_attempts} times; last error: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            raise
 
     @property
     def client(self) -> genai.Client:
@@ -125,9 +169,14 @@ class GeminiProvider(Provider):
             f"{ai_chunking.PROMPT_VERSION}/{self.document_type}",
             {"prompt": prompt, "config": config},
         )
-        result = scope.call(request, lambda: self._generate(prompt, config))
-        finish_reason = result.response.get("finish_reason")
         chapter = " › ".join(window.heading_path) or f"text at offset {window.start}"
+        result = scope.call(
+            request,
+            lambda: self._with_retries(
+                lambda: self._generate(prompt, config), f"chunking {chapter!r}"
+            ),
+        )
+        finish_reason = result.response.get("finish_reason")
         if finish_reason in BLOCKED_FINISH_REASONS:
             raise SafetyBlocked(f"the model refused to chunk {chapter!r} ({finish_reason})")
         try:
@@ -187,7 +236,9 @@ class GeminiProvider(Provider):
             raise ValueError("the Gemini API embeds at most 100 texts per request")
         payload = {"texts": texts, "dimensions": self.dimensions, "task_type": EMBEDDING_TASK}
         request = AIRequest(PROVIDER, self.embedding_model_name, "embedding-v1", payload)
-        result = scope.call(request, lambda: self._embed(texts))
+        result = scope.call(
+            request, lambda: self._with_retries(lambda: self._embed(texts), "embedding chunks")
+        )
         vectors = np.asarray(result.response["vectors"], dtype=np.float32)
         if vectors.shape != (len(texts), self.dimensions):
             raise ValueError(
