@@ -218,7 +218,7 @@ def _documents_table(*columns: str, title: str | None = None) -> Table:
     """A table whose ids, stages and numbers never wrap (an id cut short is of no use)."""
     table = Table(title=title)
     for column in columns:
-        numeric = column in ("chunks", "connections", "seconds")
+        numeric = column in ("chunks", "connections", "seconds", "AI $", "saved $")
         table.add_column(
             column,
             justify="right" if numeric else "left",
@@ -229,25 +229,24 @@ def _documents_table(*columns: str, title: str | None = None) -> Table:
 
 
 def _print_outcomes(outcomes) -> None:
-    table = _documents_table(
-        "document",
-        "title",
-        "stage",
-        "chunks",
-        "connections",
-        "seconds",
-        title="doc-pipeline ingest",
-    )
+    columns = ["document", "title", "stage", "chunks", "connections", "seconds"]
+    show_cost = any(o.ai_cost_usd or o.ai_saved_usd for o in outcomes)
+    if show_cost:
+        columns += ["AI $", "saved $"]
+    table = _documents_table(*columns, title="doc-pipeline ingest")
     for o in outcomes:
         stage = f"[red]{o.stage}[/red]" if o.failed else o.stage
-        table.add_row(
+        cells = [
             o.document_id or "-",
             o.title or Path(o.source_file).name,
             stage,
             str(o.chunks),
             str(o.connections),
             f"{o.seconds:.1f}",
-        )
+        ]
+        if show_cost:
+            cells += [f"{o.ai_cost_usd:.4f}", f"{o.ai_saved_usd:.4f}"]
+        table.add_row(*cells)
     out.print(table)
     for o in outcomes:
         if o.failed:

@@ -47,6 +47,8 @@ class IngestOutcome:
     chunks: int = 0
     connections: int = 0
     seconds: float = 0.0
+    ai_cost_usd: float = 0.0  # paid by this ingest's runs
+    ai_saved_usd: float = 0.0  # answered from the AI ledger instead of paid again
     error_class: str | None = None
     error_message: str | None = None
     run_ids: list[str] = field(default_factory=list)
@@ -138,6 +140,8 @@ class Ingestion:
     def _fill_summaries(engine: Engine, outcomes: list[IngestOutcome]) -> None:
         ids = [o.document_id for o in outcomes if o.document_id]
         summaries = {row["id"]: row for row in store.document_summaries(engine, ids)}
+        run_ids = [run_id for o in outcomes for run_id in o.run_ids]
+        costs = store.ai_costs(engine, ids, run_ids)
         for outcome in outcomes:
             row = summaries.get(outcome.document_id)
             if row is None:
@@ -149,6 +153,7 @@ class Ingestion:
             outcome.error_class = row["error_class"]
             outcome.error_message = row["error_message"]
             outcome.seconds = round(outcome.seconds, 2)
+            outcome.ai_cost_usd, outcome.ai_saved_usd = costs.get(outcome.document_id, (0.0, 0.0))
 
 
 def prepare_app_database(settings: Settings) -> Engine:

@@ -118,6 +118,9 @@ def test_ingest_pays_each_request_once_and_a_second_ingest_pays_nothing(pipeline
 
     second = pipeline.ingest(FLATLAND)[FLATLAND.name]
     assert pipeline.paid_requests() == paid, "a second ingest made new AI requests"
+    assert first["ai_cost_usd"] > 0 and first["ai_saved_usd"] == 0
+    # Chunking is answered from the ledger; embeddings are not asked for at all (all stored).
+    assert second["ai_cost_usd"] == 0 and 0 < second["ai_saved_usd"] < first["ai_cost_usd"]
     assert second["chunks"] == first["chunks"]
     assert pipeline.ledger()["paid"] == sum(paid.values())
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from doc_pipeline.db.models import Chunk, Connection, Document, Embedding
+from doc_pipeline.db.models import AICall, Chunk, Connection, Document, Embedding
 
 STAGES = (
     "pending",
@@ -128,7 +128,7 @@ def find_documents(engine: Engine, prefix: str) -> list[str]:
 
 
 def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None) -> list[dict]:
-    """Each document with its chunk and connection counts (both directions)."""
+    """Each document with its chunk and connection counts (both directions) and its AI spend."""
     chunk_counts = (
         sa.select(Chunk.document_id, sa.func.count().label("chunks"))
         .group_by(Chunk.document_id)
@@ -156,7 +156,25 @@ def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None
         rows = [dict(row) for row in conn.execute(query).mappings()]
         for row in rows:
             row["connections"] = count_connections(conn, row["id"])
+    costs = ai_costs(engine, [row["id"] for row in rows])
+    for row in rows:
+        row["ai_cost_usd"], row["ai_saved_usd"] = costs.get(row["id"], (0.0, 0.0))
     return rows
+
+
+def ai_costs(
+    engine: Engine, document_ids: Sequence[str], run_ids: Sequence[str] | None = None
+) -> dict[str, tuple[float, float]]:
+    """(USD paid, USD the ledger saved) per document, over all time or the given runs."""
+    query = (
+        sa.select(AICall.document_id, sa.func.sum(AICall.cost_usd), sa.func.sum(AICall.saved_usd))
+        .where(AICall.document_id.in_(document_ids))
+        .group_by(AICall.document_id)
+    )
+    if run_ids is not None:
+        query = query.where(AICall.run_id.in_(run_ids))
+    with engine.connect() as conn:
+        return {doc: (float(paid), float(saved)) for doc, paid, saved in conn.execute(query)}
 
 
 def count_connections(conn: sa.Connection, document_id: str) -> int:
