@@ -262,7 +262,7 @@ def status(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show each document's stage, chunk and connection counts, and last error.
+    """Show each document's stage, chunk and connection counts, AI spend, and last error.
 
     `--json` adds the source file, author, and when it was registered and last updated."""
     from doc_pipeline.db import store
@@ -276,15 +276,18 @@ def status(
     if not rows:
         out.print("No documents yet. Add some with `doc-pipeline ingest PATH`.")
         return
-    table = _documents_table("document", "title", "stage", "chunks", "connections")
+    show_cost = any(row["ai_cost_usd"] for row in rows)
+    columns = ["document", "title", "stage", "chunks", "connections"]
+    table = _documents_table(*columns, *(["AI $"] if show_cost else []))
     for row in rows:
-        table.add_row(
+        cells = [
             row["id"],
             row["title"] or row["source_file"],
             "[red]failed[/red]" if row["stage"] == "failed" else row["stage"],
             str(row["chunks"]),
             str(row["connections"]),
-        )
+        ]
+        table.add_row(*cells, *([f"{row['ai_cost_usd']:.4f}"] if show_cost else []))
     out.print(table)
     for row in rows:
         if row["stage"] == "failed":
