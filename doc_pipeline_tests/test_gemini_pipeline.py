@@ -71,6 +71,32 @@ class GeminiPipeline:
         )
         return path
 
+    def markdown(self, document_id: str) -> str:
+        path = self.home / "blobs/outputs/extracted_markdown" / f"{document_id}.json"
+        return json.loads(path.read_text())["markdown"]
+
+    def materialization_metadata(self, asset: str) -> list[dict]:
+        """The metadata of every materialization of the asset, from the Dagster event log."""
+        dagster_url = sa.engine.make_url(self.database_url)
+        engine = sa.create_engine(
+            dagster_url.set(database=f"{dagster_url.database}_dagster"), poolclass=sa.NullPool
+        )
+        with engine.connect() as conn:
+            events = conn.execute(
+                sa.text(
+                    "SELECT event FROM event_logs"
+                    " WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = :key"
+                ),
+                {"key": json.dumps([asset])},
+            ).scalars()
+            records = [json.loads(event) for event in events]
+        engine.dispose()
+        found = []
+        for record in records:
+            materialization = record["dagster_event"]["event_specific_data"]["materialization"]
+            found.append({entry["label"]: entry for entry in materialization["metadata_entries"]})
+        return found
+
     def paid_requests(self) -> Counter:
         return Counter(
             r["api_method"]
@@ -121,6 +147,19 @@ def test_ingest_pays_each_request_once_and_a_second_ingest_pays_nothing(pipeline
     assert first["ai_cost_usd"] > 0 and first["ai_saved_usd"] == 0
     # Chunking is answered from the ledger; embeddings are not asked for at all (all stored).
     assert second["ai_cost_usd"] == 0 and 0 < second["ai_saved_usd"] < first["ai_cost_usd"]
+
+    # Each materialization tells what it paid and what the ledger saved.
+    first_chunks, second_chunks = pipeline.materialization_metadata("chunks")
+    labels = {
+        "ai_requests",
+        "ai_ledger_hits",
+        "ai_prompt_tokens",
+        "ai_output_tokens",
+        "ai_cost_usd",
+        "ai_cost_saved_usd",
+    }
+    assert labels <= set(first_chunks) and labels <= set(second_chunks)
+    assert "ai_requests" in pipeline.materialization_metadata("embeddings")[0]
     assert second["chunks"] == first["chunks"]
     assert pipeline.ledger()["paid"] == sum(paid.values())
 
@@ -191,6 +230,8 @@ def test_rate_limits_outages_drops_and_truncated_answers_are_survived(pipeline):
     assert len(truncated) == 1
     chunks = store.load_chunks(pipeline.engine, outcome["document_id"])
     assert chunks and all(c["metadata"].get("themes") for c in chunks)
+    markdown = pipeline.markdown(outcome["document_id"])
+    assert Counter(w for c in chunks for w in words(c["content"])) == Counter(words(markdown))
 
 
 def test_a_safety_block_fails_the_document_naming_the_chapter(pipeline):
@@ -246,3 +287,6 @@ def test_the_api_key_appears_nowhere(pipeline):
     engine.dispose()
     assert events and API_KEY not in events and API_KEY not in (runs or "")
     assert API_KEY not in json.dumps(pipeline.fake.requests)
+    for path in pipeline.home.rglob("*"):  # compute logs, outputs, instance config
+        if path.is_file() and "pgdata" not in path.parts:
+            assert API_KEY.encode() not in path.read_bytes(), path

@@ -24,12 +24,12 @@ from typing import Any
 from doc_pipeline.core.chunking import (
     ChunkingConfig,
     TextChunk,
-    _count_alnum,
-    _count_tokens,
-    _is_no_space,
-    _scan_blocks,
-    _trimmed,
     chunk_markdown,
+    count_alnum,
+    count_tokens,
+    is_no_space,
+    scan_blocks,
+    trimmed_span,
 )
 
 PROMPT_VERSION = "chunking-v1"
@@ -53,7 +53,7 @@ class _Headings:
     """Heading paths at any span of a markdown text, from chunking.py's block scan."""
 
     def __init__(self, markdown: str) -> None:
-        self.blocks = _scan_blocks(markdown)
+        self.blocks = scan_blocks(markdown)
         self.starts = [block.start for block in self.blocks]
         self.paths: list[tuple[str, ...]] = []  # heading stack after each block
         stack: list[tuple[int, str]] = []
@@ -196,7 +196,7 @@ def _window_spans(
 def split_window(markdown: str, window: Window) -> tuple[Window, Window]:
     """Halves of a window, cut at a paragraph break near the middle, else a sentence end,
     else whitespace, else the middle; both halves hold text. ValueError if it cannot be cut."""
-    span = _trimmed(markdown, window.start, window.end)
+    span = trimmed_span(markdown, window.start, window.end)
     if span is None or span[1] - span[0] < 2:
         raise ValueError(f"window {window.start}-{window.end} is too small to split")
     lo, hi = span  # a cut strictly inside the trimmed span leaves text on both sides
@@ -469,8 +469,8 @@ def assemble_chunks(
         raise ValueError("max_words must be at least 1")
     if not markdown.strip():
         return []
-    no_space = _is_no_space(markdown)
-    measure = _count_alnum if no_space else _count_tokens
+    no_space = is_no_space(markdown)
+    measure = count_alnum if no_space else count_tokens
     headings = _Headings(markdown)
     config = ChunkingConfig(
         min_words=max_words // 3,
@@ -521,7 +521,7 @@ def _spans(
         else:
             merged.append((start, end, metadata))
     for start, end, metadata in merged:
-        if span := _trimmed(md, start, end):
+        if span := trimmed_span(md, start, end):
             yield span[0], span[1], metadata
 
 

@@ -19,7 +19,7 @@ A chunk's heading path is the heading stack after the headings that open it, so 
 starting "# Part I" / "## Chapter 1" gets ("Part I", "Chapter 1").
 
 Sizes are word counts, or, for documents written without spaces (Chinese, Japanese, Thai),
-letter counts. The mode is decided once per document (see `_is_no_space`): a mostly-English
+letter counts. The mode is decided once per document (see `is_no_space`): a mostly-English
 book with a quoted Chinese passage is sized in words, a Chinese book with English terms in
 letters. A chunk's `word_count` is measured in the document's mode.
 """
@@ -80,27 +80,27 @@ _CJK_SHARE = 0.3  # CJK letters / all letters above which a text counts as "no s
 _LETTERS_PER_WORD = 12  # ... or more letters per token than any spaced language averages
 
 
-def _count_tokens(text: str) -> int:
+def count_tokens(text: str) -> int:
     return len(_WORD_RE.findall(text))
 
 
-def _count_alnum(text: str) -> int:
+def count_alnum(text: str) -> int:
     return len(_NOT_ALNUM_RE.sub("", text))
 
 
-def _is_no_space(text: str) -> bool:
+def is_no_space(text: str) -> bool:
     """True for text written (almost) without spaces, sized by letters rather than words."""
-    letters = _count_alnum(text)
+    letters = count_alnum(text)
     if letters == 0:
         return False
     cjk = len(_NOT_CJK_RE.sub("", text))
-    return cjk >= _CJK_SHARE * letters or letters > _LETTERS_PER_WORD * _count_tokens(text)
+    return cjk >= _CJK_SHARE * letters or letters > _LETTERS_PER_WORD * count_tokens(text)
 
 
 def count_words(text: str) -> int:
     """Whitespace-separated tokens holding a letter or digit; letters and digits for text
     written without spaces (decided on `text` as a whole)."""
-    return _count_alnum(text) if _is_no_space(text) else _count_tokens(text)
+    return count_alnum(text) if is_no_space(text) else count_tokens(text)
 
 
 # --- blocks ---------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ _SPACES_RE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
-class _Block:
+class Block:
     start: int
     end: int
     level: int  # heading level 1..6, 0 for a paragraph
@@ -148,7 +148,7 @@ def _closes_fence(line: str, fence: tuple[str, int]) -> bool:
     return marker[0] == fence[0] and len(marker) >= fence[1]
 
 
-def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
+def trimmed_span(text: str, start: int, end: int) -> tuple[int, int] | None:
     """The span with surrounding whitespace removed, or None if nothing is left."""
     piece = text[start:end]
     stripped = piece.strip()
@@ -158,9 +158,9 @@ def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
     return start + lead, start + lead + len(stripped)
 
 
-def _scan_blocks(md: str) -> list[_Block]:
+def scan_blocks(md: str) -> list[Block]:
     """Headings and blank-line separated paragraphs, with trimmed spans, in order."""
-    blocks: list[_Block] = []
+    blocks: list[Block] = []
     para: list[int] | None = None  # trimmed [start, end] of the open paragraph
     fence: tuple[str, int] | None = None
     pos = 0
@@ -180,7 +180,7 @@ def _scan_blocks(md: str) -> list[_Block]:
             _close(blocks, para)
             para = None
             title = _heading_title(heading.group(2))
-            blocks.append(_Block(start, end, len(heading.group(1)), title))
+            blocks.append(Block(start, end, len(heading.group(1)), title))
         else:
             if para is None:
                 para = [start, end]
@@ -191,9 +191,9 @@ def _scan_blocks(md: str) -> list[_Block]:
     return blocks
 
 
-def _close(blocks: list[_Block], para: list[int] | None) -> None:
+def _close(blocks: list[Block], para: list[int] | None) -> None:
     if para is not None:
-        blocks.append(_Block(para[0], para[1], 0, ""))
+        blocks.append(Block(para[0], para[1], 0, ""))
 
 
 # --- units ----------------------------------------------------------------------------------
@@ -228,14 +228,14 @@ class _Mode:
 
 
 def _mode(markdown: str, config: ChunkingConfig) -> _Mode:
-    if _is_no_space(markdown):
+    if is_no_space(markdown):
         return _Mode(
-            _count_alnum,
+            count_alnum,
             _UNSPACED_SENTENCE_END_RE,
             config.min_chars_no_spaces,
             config.max_chars_no_spaces,
         )
-    return _Mode(_count_tokens, _SPACED_SENTENCE_END_RE, config.min_words, config.max_words)
+    return _Mode(count_tokens, _SPACED_SENTENCE_END_RE, config.min_words, config.max_words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +251,10 @@ class _Unit:
 def _sentences(md: str, start: int, end: int, mode: _Mode) -> Iterator[tuple[int, int]]:
     cur = start
     for match in mode.sentence_end.finditer(md, start, end):
-        if span := _trimmed(md, cur, match.end()):
+        if span := trimmed_span(md, cur, match.end()):
             yield span
         cur = match.end()
-    if span := _trimmed(md, cur, end):
+    if span := trimmed_span(md, cur, end):
         yield span
 
 
@@ -293,7 +293,7 @@ def _word_runs(
 
 
 def _split_block(
-    md: str, block: _Block, brk: int, path: tuple[str, ...], mode: _Mode
+    md: str, block: Block, brk: int, path: tuple[str, ...], mode: _Mode
 ) -> Iterator[_Unit]:
     """Units of a block bigger than the limit: sentences, or runs of words for long ones."""
     run = max(1, mode.limit // _WORD_RUNS_PER_LIMIT)
@@ -309,7 +309,7 @@ def _split_block(
         brk = _SENTENCE
 
 
-def _units(md: str, blocks: list[_Block], mode: _Mode) -> list[_Unit]:
+def _units(md: str, blocks: list[Block], mode: _Mode) -> list[_Unit]:
     units: list[_Unit] = []
     stack: list[tuple[int, str]] = []  # (level, title) of the enclosing headings
     path: tuple[str, ...] = ()
@@ -397,7 +397,7 @@ def chunk_markdown(markdown: str, config: ChunkingConfig = _DEFAULT_CONFIG) -> l
     if not markdown.strip():
         return []
     mode = _mode(markdown, config)
-    units = _units(markdown, _scan_blocks(markdown), mode)
+    units = _units(markdown, scan_blocks(markdown), mode)
     chunks: list[TextChunk] = []
     for group_start, group_end in _groups(units, mode.low, mode.limit):
         for i, j in _pack(units, group_start, group_end, mode.limit):

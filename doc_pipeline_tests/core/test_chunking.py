@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from doc_pipeline.core.chunking import (
     ChunkingConfig,
     TextChunk,
-    _is_no_space,
-    _scan_blocks,
     chunk_markdown,
     count_words,
+    is_no_space,
+    scan_blocks,
 )
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
@@ -45,11 +45,11 @@ def _check_invariants(markdown: str, chunks: list[TextChunk], config: ChunkingCo
     assert not markdown[previous_end:].strip()
     # every non-space character lands in exactly one chunk, in order
     assert "".join("".join(c.content.split()) for c in chunks) == "".join(markdown.split())
-    if _is_no_space(markdown):
+    if is_no_space(markdown):
         assert all(c.word_count <= config.max_chars_no_spaces for c in chunks)
     else:
         assert all(c.word_count <= config.max_words for c in chunks)
-        spaced = [c for c in chunks if not _is_no_space(c.content)]
+        spaced = [c for c in chunks if not is_no_space(c.content)]
         assert all(count_words(c.content) == c.word_count for c in spaced)
         # chunks are cut at whitespace only: the words are the same
         chunk_words = Counter(w for c in chunks for w in c.content.split())
@@ -286,10 +286,10 @@ def test_property_coverage_and_limits(markdown: str, config: ChunkingConfig) -> 
 def test_property_spaced_text(markdown: str, config: ChunkingConfig) -> None:
     chunks = chunk_markdown(markdown, config)
     _check_invariants(markdown, chunks, config)
-    assert not _is_no_space(markdown)
+    assert not is_no_space(markdown)
     assert sum(c.word_count for c in chunks) == count_words(markdown)
     # a chunk crosses a level <= 2 heading only when what comes before it is under the minimum
-    majors = [b.start for b in _scan_blocks(markdown) if 1 <= b.level <= 2]
+    majors = [b.start for b in scan_blocks(markdown) if 1 <= b.level <= 2]
     for chunk in chunks:
         for offset in majors:
             if chunk.start < offset < chunk.end:
@@ -303,7 +303,7 @@ def test_property_cjk_text(paragraphs: list[str], config: ChunkingConfig) -> Non
     markdown = "\n\n".join(paragraphs)
     chunks = chunk_markdown(markdown, config)
     _check_invariants(markdown, chunks, config)
-    if _is_no_space(markdown):
+    if is_no_space(markdown):
         assert sum(c.word_count for c in chunks) == count_words(markdown)
 
 
