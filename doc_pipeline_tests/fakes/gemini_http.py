@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,6 +195,11 @@ class Server(ThreadingHTTPServer):
         self.dispatch = dispatch
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that was killed or gave up resets its connection: normal, not worth a trace.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         with self.connections_lock:
