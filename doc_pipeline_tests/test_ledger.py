@@ -161,3 +161,26 @@ def test_a_live_lease_is_waited_for_not_paid_again(engine):
     thread.join()
     assert fetch.calls == 0
     assert result.hit and result.response == {"answer": 1} and result.saved_usd == Decimal("0.5")
+
+
+def test_a_holder_whose_lease_expired_still_finishes_cleanly(engine):
+    """A lease shorter than the request lets a second worker pay too (the price of a wrong
+    lease setting); the first answer stored stays, and neither worker fails."""
+    slow, fast = CountingFetch(delay=1.0), CountingFetch()
+    results = {}
+
+    def slow_worker() -> None:
+        ledger = Ledger(engine, lease_seconds=0.2)
+        results["slow"] = ledger.call(REQUEST, slow, document_id="d", stage="s")
+
+    thread = threading.Thread(target=slow_worker)
+    thread.start()
+    time.sleep(0.5)  # the slow worker's lease has expired by now
+    results["fast"] = Ledger(engine).call(REQUEST, fast, document_id="d", stage="s")
+    thread.join(timeout=30)
+    assert slow.calls == 1 and fast.calls == 1
+    assert not results["slow"].hit and not results["fast"].hit
+    with engine.connect() as conn:
+        states = conn.execute(sa.text("SELECT state FROM ai_responses")).scalars().all()
+    assert states == ["done"]
+    assert [outcome for outcome, _ in _calls(engine)] == ["paid", "paid"]

@@ -136,6 +136,18 @@ def _holder_is_dead(owner: str | None) -> bool:
     return False
 
 
+def _identity(request: AIRequest, key: str, context: dict) -> dict[str, Any]:
+    """The columns that name a ledger row and who asked first."""
+    return {
+        "key": key,
+        "provider": request.provider,
+        "model": request.model,
+        "prompt_version": request.prompt_version,
+        "document_id": context["document_id"],
+        "stage": context["stage"],
+    }
+
+
 class Ledger:
     def __init__(
         self,
@@ -190,15 +202,10 @@ class Ledger:
             inserted = conn.execute(
                 insert(table)
                 .values(
-                    key=key,
-                    provider=request.provider,
-                    model=request.model,
-                    prompt_version=request.prompt_version,
+                    **_identity(request, key, context),
                     state="leased",
                     lease_owner=self.owner,
                     lease_expires_at=expires,
-                    document_id=context["document_id"],
-                    stage=context["stage"],
                 )
                 .on_conflict_do_nothing(index_elements=["key"])
                 .returning(table.c.key)
@@ -234,44 +241,30 @@ class Ledger:
             raise
         latency_ms = int((time.perf_counter() - started) * 1000)
         table = AIResponse.__table__
+        done = {
+            "state": "done",
+            "response": answer.response,
+            "prompt_tokens": answer.usage.prompt_tokens,
+            "output_tokens": answer.usage.output_tokens,
+            "thinking_tokens": answer.usage.thinking_tokens,
+            "cost_usd": answer.cost_usd,
+            "latency_ms": latency_ms,
+            "completed_at": sa.func.now(),
+        }
         with self.engine.begin() as conn:
             # Committed before the caller uses it: a crash after this line loses nothing.
             updated = conn.execute(
                 sa.update(table)
                 .where(table.c.key == key, table.c.state == "leased")
-                .values(
-                    state="done",
-                    response=answer.response,
-                    prompt_tokens=answer.usage.prompt_tokens,
-                    output_tokens=answer.usage.output_tokens,
-                    thinking_tokens=answer.usage.thinking_tokens,
-                    cost_usd=answer.cost_usd,
-                    latency_ms=latency_ms,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    completed_at=sa.func.now(),
-                )
+                .values(**done, lease_owner=None, lease_expires_at=None)
                 .returning(table.c.key)
             ).first()
-            if updated is None:  # our lease expired and another worker answered first
+            if updated is None:
+                # Our lease expired meanwhile: the row is another worker's answer (kept), or
+                # gone because that worker failed (ours is stored).
                 conn.execute(
                     insert(table)
-                    .values(
-                        key=key,
-                        provider=request.provider,
-                        model=request.model,
-                        prompt_version=request.prompt_version,
-                        state="done",
-                        response=answer.response,
-                        prompt_tokens=answer.usage.prompt_tokens,
-                        output_tokens=answer.usage.output_tokens,
-                        thinking_tokens=answer.usage.thinking_tokens,
-                        cost_usd=answer.cost_usd,
-                        latency_ms=latency_ms,
-                        document_id=context["document_id"],
-                        stage=context["stage"],
-                        completed_at=sa.func.now(),
-                    )
+                    .values(**_identity(request, key, context), **done)
                     .on_conflict_do_nothing(index_elements=["key"])
                 )
             self._insert_call(
