@@ -81,9 +81,9 @@ def test_embeddings_only_for_missing_chunks_and_cascade_on_chunk_removal(engine)
     store.write_chunks(engine, "doc1", _rows("doc1", ["a b", "c d"]))
     missing = store.chunks_missing_embeddings(engine, "doc1", "m")
     assert len(missing) == 2
-    vectors = {cid: np.ones(768, dtype=np.float32) / np.sqrt(768) for cid, _ in missing}
+    vectors = {cid: np.ones(768, dtype=np.float32) / np.sqrt(768) for cid in missing}
     assert store.write_embeddings(engine, "doc1", "m", vectors).inserted == 2
-    assert store.chunks_missing_embeddings(engine, "doc1", "m") == []
+    assert store.chunks_missing_embeddings(engine, "doc1", "m") == set()
     assert store.write_embeddings(engine, "doc1", "m", vectors).inserted == 0
     store.write_chunks(engine, "doc1", _rows("doc1", ["a b"]))
     assert store.count_embeddings(engine, "doc1", "m") == 1

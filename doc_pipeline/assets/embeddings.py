@@ -27,9 +27,7 @@ def embeddings(
     started = time.perf_counter()
     inserted = 0
     with tracked_stage(engine, document_id, "embedding", "embedded"):
-        missing = {
-            chunk_id for chunk_id, _ in store.chunks_missing_embeddings(engine, document_id, model)
-        }
+        missing = store.chunks_missing_embeddings(engine, document_id, model)
         ordered = store.chunk_texts(engine, document_id)
         size = provider.embedding_batch_size
         for offset in range(0, len(ordered), size):

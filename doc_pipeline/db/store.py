@@ -276,22 +276,19 @@ def chunk_texts(engine: Engine, document_id: str) -> list[tuple[str, str]]:
         return [(row.id, row.content) for row in rows]
 
 
-def chunks_missing_embeddings(
-    engine: Engine, document_id: str, model: str
-) -> list[tuple[str, str]]:
-    """(chunk id, content) of the document's chunks that have no vector for the model yet.
+def chunks_missing_embeddings(engine: Engine, document_id: str, model: str) -> set[str]:
+    """Ids of the document's chunks that have no vector for the model yet.
 
     A chunk's id is derived from its content, so an existing vector is always current."""
     embedded = sa.select(Embedding.chunk_id).where(
         Embedding.model == model, Embedding.chunk_id == Chunk.id
     )
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(Chunk.id, Chunk.content)
-            .where(Chunk.document_id == document_id, ~sa.exists(embedded))
-            .order_by(Chunk.chunk_index)
+        return set(
+            conn.scalars(
+                sa.select(Chunk.id).where(Chunk.document_id == document_id, ~sa.exists(embedded))
+            )
         )
-        return [(row.id, row.content) for row in rows]
 
 
 def write_embeddings(
