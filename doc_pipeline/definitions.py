@@ -7,6 +7,7 @@ from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.blob_io_manager import BlobIOManager
 from doc_pipeline.resources.gemini_provider import GeminiProvider
+from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.local_provider import LocalProvider
 from doc_pipeline.resources.source_store import SourceStore
 from doc_pipeline.settings import Settings
@@ -33,5 +34,6 @@ defs = Definitions(
         "source_store": SourceStore(),
         "io_manager": BlobIOManager(),
         "provider": PROVIDERS[Settings.provider()](),
+        "liveness": Liveness(),
     },
 )

@@ -220,6 +220,23 @@ def test_a_downstream_asset_alone_loads_its_inputs(ingested):
     assert pipeline.snapshot() == before
 
 
+def test_long_steps_leave_ended_heartbeats(ingested):
+    pipeline, _, outcomes = ingested
+    run_ids = outcomes[GOOD_BOOKS[0].name]["run_ids"]
+    with pipeline.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT step_key, ended_at FROM heartbeats WHERE run_id = ANY(:runs)"),
+            {"runs": run_ids},
+        ).all()
+    assert {row.step_key for row in rows} == {
+        "extracted_markdown",
+        "chunks",
+        "embeddings",
+        "connections",
+    }
+    assert all(row.ended_at is not None for row in rows)
+
+
 def test_a_second_ingest_changes_nothing(ingested):
     """Runs last in this module: everything is ingested again, and no row is rewritten."""
     pipeline, _, first = ingested

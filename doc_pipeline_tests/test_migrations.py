@@ -2,7 +2,15 @@ import sqlalchemy as sa
 
 from doc_pipeline.db import migrate
 
-TABLES = {"documents", "chunks", "embeddings", "connections", "ai_responses", "ai_calls"}
+TABLES = {
+    "documents",
+    "chunks",
+    "embeddings",
+    "connections",
+    "ai_responses",
+    "ai_calls",
+    "heartbeats",
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -11,6 +11,7 @@ from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
+from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
@@ -19,6 +20,7 @@ def chunks(
     context: AssetExecutionContext,
     extracted_markdown: dict,
     app_database: AppDatabase,
+    liveness: Liveness,
     provider: Provider,
 ) -> dict:
     """Chunks of the markdown with stable ids and metadata, written by difference in one
@@ -27,7 +29,11 @@ def chunks(
     engine = app_database.engine
     scope = ledger_scope(context, app_database, provider, "chunks")
     started = time.perf_counter()
-    with user_facing_failures(), tracked_stage(engine, document_id, "chunking", "chunked"):
+    with (
+        liveness.heartbeat(context, app_database),
+        user_facing_failures(),
+        tracked_stage(engine, document_id, "chunking", "chunked"),
+    ):
         pieces = provider.chunk(extracted_markdown["markdown"], scope)
         if not pieces:
             raise InvalidBookError(f"{extracted_markdown['title']}: no text to chunk")

@@ -7,6 +7,7 @@ from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
+from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
@@ -15,6 +16,7 @@ def connections(
     context: AssetExecutionContext,
     embeddings: dict,
     app_database: AppDatabase,
+    liveness: Liveness,
     provider: Provider,
 ) -> dict:
     """Semantic connections from this document's chunks to the nearest chunks of other
@@ -22,7 +24,11 @@ def connections(
     document_id = context.partition_key
     engine = app_database.engine
     started = time.perf_counter()
-    with tracked_stage(engine, document_id, "connecting", "connected"), engine.begin() as conn:
+    with (
+        liveness.heartbeat(context, app_database),
+        tracked_stage(engine, document_id, "connecting", "connected"),
+        engine.begin() as conn,
+    ):
         store.lock_document(conn, document_id)
         edges = find_semantic_edges(
             conn, document_id, embeddings["model"], provider.semantic_config

@@ -7,6 +7,7 @@ from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
+from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
@@ -15,6 +16,7 @@ def embeddings(
     context: AssetExecutionContext,
     chunks: dict,
     app_database: AppDatabase,
+    liveness: Liveness,
     provider: Provider,
 ) -> dict:
     """One vector per chunk and model. Batches are cut the same way every time (by chunk order),
@@ -26,7 +28,10 @@ def embeddings(
     scope = ledger_scope(context, app_database, provider, "embeddings")
     started = time.perf_counter()
     inserted = 0
-    with tracked_stage(engine, document_id, "embedding", "embedded"):
+    with (
+        liveness.heartbeat(context, app_database),
+        tracked_stage(engine, document_id, "embedding", "embedded"),
+    ):
         missing = store.chunks_missing_embeddings(engine, document_id, model)
         ordered = store.chunk_texts(engine, document_id)
         size = provider.embedding_batch_size

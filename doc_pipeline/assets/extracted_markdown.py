@@ -10,6 +10,7 @@ from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
+from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
@@ -18,13 +19,18 @@ def extracted_markdown(
     context: AssetExecutionContext,
     source_document: dict,
     app_database: AppDatabase,
+    liveness: Liveness,
     provider: Provider,
 ) -> dict:
     """The book as markdown: spine order, chapter headings, footnotes; no licence boilerplate."""
     document_id = context.partition_key
     engine = app_database.engine
     started = time.perf_counter()
-    with user_facing_failures(), tracked_stage(engine, document_id, "extracting", "extracted"):
+    with (
+        liveness.heartbeat(context, app_database),
+        user_facing_failures(),
+        tracked_stage(engine, document_id, "extracting", "extracted"),
+    ):
         book = provider.extract(
             Path(source_document["stored_path"]), source_document["source_file"]
         )

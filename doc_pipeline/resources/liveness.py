@@ -1,0 +1,29 @@
+"""How steps show they are alive, and when silence means a run is stale."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from dagster import AssetExecutionContext, ConfigurableResource
+
+from doc_pipeline.core.heartbeat import Heartbeat
+from doc_pipeline.resources.app_database import AppDatabase
+
+
+class Liveness(ConfigurableResource):
+    """`heartbeat_interval_seconds`: how often a long step writes a heartbeat.
+    `stale_after_minutes`: how old the newest heartbeat of a run may be before it is stale."""
+
+    heartbeat_interval_seconds: float = 60.0
+    stale_after_minutes: float = 30.0
+
+    def heartbeat(
+        self, context: AssetExecutionContext, app_database: AppDatabase
+    ) -> AbstractContextManager[Heartbeat]:
+        return Heartbeat(
+            app_database.engine,
+            run_id=context.run_id,
+            step_key=context.asset_key.to_user_string(),
+            document_id=context.partition_key,
+            interval_seconds=self.heartbeat_interval_seconds,
+        )
