@@ -75,27 +75,35 @@ class GeminiPipeline:
         path = self.home / "blobs/outputs/extracted_markdown" / f"{document_id}.json"
         return json.loads(path.read_text())["markdown"]
 
+    def dagster_query(self, sql: str, **params) -> list:
+        """Rows of a query on the Dagster instance's database (`<app database>_dagster`)."""
+        url = sa.engine.make_url(self.database_url)
+        engine = sa.create_engine(
+            url.set(database=f"{url.database}_dagster"), poolclass=sa.NullPool
+        )
+        try:
+            with engine.connect() as conn:
+                return conn.execute(sa.text(sql), params).all()
+        finally:
+            engine.dispose()
+
     def materialization_metadata(self, asset: str) -> list[dict]:
         """The metadata of every materialization of the asset, from the Dagster event log."""
-        dagster_url = sa.engine.make_url(self.database_url)
-        engine = sa.create_engine(
-            dagster_url.set(database=f"{dagster_url.database}_dagster"), poolclass=sa.NullPool
+        rows = self.dagster_query(
+            "SELECT event FROM event_logs"
+            " WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = :key",
+            key=json.dumps([asset]),
         )
-        with engine.connect() as conn:
-            events = conn.execute(
-                sa.text(
-                    "SELECT event FROM event_logs"
-                    " WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = :key"
-                ),
-                {"key": json.dumps([asset])},
-            ).scalars()
-            records = [json.loads(event) for event in events]
-        engine.dispose()
+        records = [json.loads(row.event) for row in rows]
         found = []
         for record in records:
             materialization = record["dagster_event"]["event_specific_data"]["materialization"]
             found.append({entry["label"]: entry for entry in materialization["metadata_entries"]})
         return found
+
+    def event_log_text(self) -> str:
+        (row,) = self.dagster_query("SELECT string_agg(event, '') AS text FROM event_logs")
+        return row.text or ""
 
     def paid_requests(self) -> Counter:
         return Counter(
@@ -228,6 +236,8 @@ def test_rate_limits_outages_drops_and_truncated_answers_are_survived(pipeline):
     assert statuses[429] == 2 and statuses[503] == 2 and statuses[None] == 1  # None: dropped
     truncated = [r for r in pipeline.fake.requests if (r.get("fault") or {}).get("truncate_json")]
     assert len(truncated) == 1
+    # The retries are visible beside the step in the UI (the event log), with their reason.
+    assert "429" in pipeline.event_log_text() and "Retrying" in pipeline.event_log_text()
     chunks = store.load_chunks(pipeline.engine, outcome["document_id"])
     assert chunks and all(c["metadata"].get("themes") for c in chunks)
     markdown = pipeline.markdown(outcome["document_id"])
@@ -277,14 +287,8 @@ def test_the_api_key_appears_nowhere(pipeline):
             .all()
         )
     assert all(API_KEY not in (text or "") for text in dumped)
-    dagster_db = sa.engine.make_url(pipeline.database_url)
-    engine = sa.create_engine(
-        dagster_db.set(database=f"{dagster_db.database}_dagster"), poolclass=sa.NullPool
-    )
-    with engine.connect() as conn:
-        events = conn.execute(sa.text("SELECT string_agg(event, '') FROM event_logs")).scalar()
-        runs = conn.execute(sa.text("SELECT string_agg(run_body, '') FROM runs")).scalar()
-    engine.dispose()
+    events = pipeline.event_log_text()
+    ((runs,),) = pipeline.dagster_query("SELECT string_agg(run_body, '') FROM runs")
     assert events and API_KEY not in events and API_KEY not in (runs or "")
     assert API_KEY not in json.dumps(pipeline.fake.requests)
     for path in pipeline.home.rglob("*"):  # compute logs, outputs, instance config
