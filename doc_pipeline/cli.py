@@ -264,12 +264,19 @@ def status(
 ) -> None:
     """Show each document's stage, chunk and connection counts, AI spend, and last error.
 
-    `--json` adds the source file, author, and when it was registered and last updated."""
+    With DOCUMENT: also when each stage completed, the newest heartbeat and how many runs
+    worked on it. `--json` adds the source file, author, and registration and update times."""
     from doc_pipeline.db import store
 
     engine = _app_engine()
-    ids = [_resolve_document(engine, document)] if document else None
-    rows = store.document_summaries(engine, ids)
+    if document:
+        details = store.document_details(engine, _resolve_document(engine, document))
+        if as_json:
+            _print_json(details)
+        else:
+            _print_details(details)
+        return
+    rows = store.document_summaries(engine)
     if as_json:
         _print_json(rows)
         return
@@ -292,6 +299,39 @@ def status(
     for row in rows:
         if row["stage"] == "failed":
             out.print(f"[red]✗ {row['id']}[/red] ({row['error_class']}): {row['error_message']}")
+
+
+def _print_details(details: dict) -> None:
+    def when(value) -> str:
+        return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    stage = details["stage"]
+    table.add_row("document", details["id"])
+    table.add_row("title", f"{details['title'] or '-'} ({details['author'] or 'unknown author'})")
+    table.add_row("source", details["source_file"])
+    table.add_row("stage", f"[red]{stage}[/red]" if stage == "failed" else stage)
+    for done, at in details["completed_stages"].items():
+        table.add_row(f"  {done}", when(at))
+    beat = details["last_heartbeat"]
+    if beat:
+        state = f"ended {when(beat['ended_at'])}" if beat["ended_at"] else "running"
+        table.add_row(
+            "last heartbeat",
+            f"{when(beat['beat_at'])} ({beat['step_key']}, run {beat['run_id'][:8]}, "
+            f"pid {beat['pid']} on {beat['host']}, {state})",
+        )
+    table.add_row("runs", str(details["runs"]))
+    table.add_row("chunks", str(details["chunks"]))
+    table.add_row("connections", str(details["connections"]))
+    table.add_row("AI", f"${details['ai_cost_usd']:.4f} paid, ${details['ai_saved_usd']:.4f} saved")
+    if details["error_class"]:
+        table.add_row(
+            "last error", f"[red]{details['error_class']}[/red]: {details['error_message']}"
+        )
+    out.print(table)
 
 
 @app.command()

@@ -162,8 +162,14 @@ def test_status_and_export(ingested):
     document_id = outcomes[GOOD_BOOKS[0].name]["document_id"]
     status = pipeline.cli("status", document_id[:8], "--json")
     assert status.exit_code == 0
-    (row,) = json.loads(status.stdout)
+    row = json.loads(status.stdout)
     assert row["id"] == document_id and row["stage"] == "connected"
+    assert set(row["completed_stages"]) == {"extracted", "chunked", "embedded", "connected"}
+    assert row["last_heartbeat"]["ended_at"] is not None and row["runs"] >= 2
+    listing = json.loads(pipeline.cli("status", "--json").stdout)
+    assert {r["id"] for r in listing} >= {o["document_id"] for o in outcomes.values()}
+    text = pipeline.cli("status", document_id).stdout
+    assert "last heartbeat" in text and "connected" in text
     exported = pipeline.cli("export", document_id)
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [line["index"] for line in lines] == list(range(row["chunks"]))

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from doc_pipeline.db.models import AICall, Chunk, Connection, Document, Embedding
+from doc_pipeline.db.models import AICall, Chunk, Connection, Document, Embedding, Heartbeat
 
 STAGES = (
     "pending",
@@ -175,6 +175,42 @@ def ai_costs(
         query = query.where(AICall.run_id.in_(run_ids))
     with engine.connect() as conn:
         return {doc: (float(paid), float(saved)) for doc, paid, saved in conn.execute(query)}
+
+
+def document_details(engine: Engine, document_id: str) -> dict[str, Any]:
+    """One document's summary plus when each stage completed, its newest heartbeat and how
+    many runs worked on it (the runs that left heartbeats)."""
+    (summary,) = document_summaries(engine, [document_id])
+    document = get_document(engine, document_id) or {}
+    completed = {
+        stage: document[column]
+        for stage, column in STAGE_TIMESTAMPS.items()
+        if stage != "failed" and document.get(column) is not None
+    }
+    with engine.connect() as conn:
+        beat = (
+            conn.execute(
+                sa.select(Heartbeat)
+                .where(Heartbeat.document_id == document_id)
+                .order_by(Heartbeat.beat_at.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        runs = conn.execute(
+            sa.select(sa.func.count(sa.distinct(Heartbeat.run_id))).where(
+                Heartbeat.document_id == document_id
+            )
+        ).scalar_one()
+    return {
+        **summary,
+        "language": document.get("language"),
+        "byte_size": document.get("byte_size"),
+        "completed_stages": completed,
+        "last_heartbeat": dict(beat) if beat else None,
+        "runs": runs,
+    }
 
 
 def count_connections(conn: sa.Connection, document_id: str) -> int:
