@@ -10,6 +10,9 @@ def test_definitions_load_with_the_document_job():
     Definitions.validate_loadable(defs)
     job = defs.resolve_job_def(DOCUMENT_JOB)
     assert job.executor_def.name == "in_process"
+    assert int(job.tags["dagster/max_runtime"]) >= 3600
+    reaper = defs.resolve_sensor_def("stale_run_reaper")
+    assert reaper.default_status.value == "RUNNING"
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(STAGES)
     for upstream, downstream in zip(STAGES, STAGES[1:], strict=False):

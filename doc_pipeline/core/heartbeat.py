@@ -124,9 +124,21 @@ class Heartbeat:
         self.beats += 1
 
 
+def newest_beats(engine: Engine, run_ids: list[str]) -> dict[str, HeartbeatRow]:
+    """Each run's newest heartbeat row (of any of its steps)."""
+    if not run_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(HeartbeatRow.__table__)
+            .where(HeartbeatRow.run_id.in_(run_ids))
+            .distinct(HeartbeatRow.run_id)
+            .order_by(HeartbeatRow.run_id, HeartbeatRow.beat_at.desc())
+        )
+        return {row.run_id: row for row in rows}
+
+
 def last_beat(engine: Engine, run_id: str) -> datetime | None:
     """The newest beat of any step of the run."""
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.max(HeartbeatRow.beat_at)).where(HeartbeatRow.run_id == run_id)
-        ).scalar()
+    row = newest_beats(engine, [run_id]).get(run_id)
+    return row.beat_at if row else None

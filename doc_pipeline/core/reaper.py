@@ -1,0 +1,64 @@
+"""Which started runs are dead (DESIGN rule 5): decided from their heartbeats, never assumed.
+
+A run is reaped when the process that beat for it is gone (when it ran on this host), or when
+its newest heartbeat is older than `stale_after`, or when it never beat and started longer ago
+than that. A run that is alive, for example one blocked for 20 minutes in one AI call with its
+heartbeat thread still beating, is never reaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from doc_pipeline.core.heartbeat import is_stale
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    run_id: str
+    document_id: str | None
+    started_at: datetime | None
+    last_beat: datetime | None  # newest heartbeat of any of its steps
+    beat_host: str | None  # where that heartbeat came from
+    beat_pid: int | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    run_id: str
+    document_id: str | None
+    reason: str
+
+
+def _minutes(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 60:.0f} min"
+
+
+def dead_runs(
+    runs: list[StartedRun],
+    *,
+    now: datetime,
+    stale_after: timedelta,
+    this_host: str,
+    pid_alive: Callable[[int], bool],
+) -> list[Verdict]:
+    verdicts = []
+    for run in runs:
+        reason = None
+        if run.beat_host == this_host and run.beat_pid is not None and not pid_alive(run.beat_pid):
+            reason = f"its run worker (pid {run.beat_pid} on {this_host}) is gone"
+        elif run.last_beat is None:
+            if run.started_at is not None and is_stale(run.started_at, now, stale_after):
+                reason = (
+                    f"it started {_minutes(now - run.started_at)} ago and never sent a heartbeat"
+                )
+        elif is_stale(run.last_beat, now, stale_after):
+            reason = (
+                f"its last heartbeat was {_minutes(now - run.last_beat)} ago "
+                f"(stale after {_minutes(stale_after)})"
+            )
+        if reason:
+            verdicts.append(Verdict(run.run_id, run.document_id, reason))
+    return verdicts

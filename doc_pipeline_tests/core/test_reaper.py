@@ -1,0 +1,40 @@
+from datetime import UTC, datetime, timedelta
+
+from doc_pipeline.core.reaper import StartedRun, dead_runs
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+STALE = timedelta(minutes=30)
+
+
+def _judge(*runs: StartedRun, alive=lambda pid: True) -> dict[str, str]:
+    verdicts = dead_runs(list(runs), now=NOW, stale_after=STALE, this_host="here", pid_alive=alive)
+    return {v.run_id: v.reason for v in verdicts}
+
+
+def _run(run_id, *, beat_minutes_ago=None, started_minutes_ago=60, host="here", pid=10):
+    beat = NOW - timedelta(minutes=beat_minutes_ago) if beat_minutes_ago is not None else None
+    started = NOW - timedelta(minutes=started_minutes_ago)
+    return StartedRun(run_id, "doc", started, beat, host if beat else None, pid if beat else None)
+
+
+def test_a_beating_run_is_alive_even_when_it_started_long_ago():
+    assert _judge(_run("r", beat_minutes_ago=29, started_minutes_ago=600)) == {}
+
+
+def test_a_silent_run_is_stale():
+    reasons = _judge(_run("r", beat_minutes_ago=31))
+    assert "31 min ago" in reasons["r"] and "stale after 30 min" in reasons["r"]
+
+
+def test_a_run_whose_worker_died_on_this_host_is_reaped_at_once():
+    reasons = _judge(_run("r", beat_minutes_ago=0), alive=lambda pid: pid != 10)
+    assert "pid 10" in reasons["r"] and "gone" in reasons["r"]
+
+
+def test_a_worker_on_another_host_is_judged_by_its_heartbeat_only():
+    assert _judge(_run("r", beat_minutes_ago=1, host="there"), alive=lambda pid: False) == {}
+
+
+def test_a_run_that_never_beat_gets_the_stale_period_from_its_start():
+    assert _judge(_run("young", started_minutes_ago=5)) == {}
+    assert "never sent a heartbeat" in _judge(_run("old", started_minutes_ago=45))["old"]
