@@ -41,14 +41,42 @@ def wait_for_graphql(port: int, query: str, process: subprocess.Popen, timeout: 
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the process's own group (started with start_new_session), then SIGKILL."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout)
-    except ProcessLookupError:
-        pass
+    """Stop a process started with start_new_session, and everything in its group: SIGTERM
+    first, then SIGKILL for whatever is left (children can outlive their leader)."""
+    group = process.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break  # nothing is left in the group
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            time.sleep(0.5)  # let children finish their own graceful exit before SIGKILL
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    """One GraphQL request to the Dagster webserver; fails on GraphQL errors."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    if "errors" in body:
+        raise AssertionError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
+    """Poll until condition() returns a truthy value, which is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

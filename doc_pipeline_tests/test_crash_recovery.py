@@ -1,0 +1,173 @@
+"""A real crash on a real instance with its daemon: the run worker is killed with SIGKILL in
+the middle of AI chunking; the reaper fails the run, Dagster's run retry resumes it from the
+failed step, and the document ends as a clean run would, with no AI request paid twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import sqlalchemy as sa
+
+from doc_pipeline.core.registration import register_file
+from doc_pipeline.db import store
+from doc_pipeline.ingest import prepare_app_database
+from doc_pipeline.instance import open_instance
+from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.settings import Settings
+from doc_pipeline_tests.conftest import CORPUS, create_database
+from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.processes import (
+    free_port,
+    graphql,
+    stop_process_group,
+    wait_for_graphql,
+    wait_until,
+)
+
+BOOK = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
+PAID = ("generateContent", "batchEmbedContents")
+
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+LOCATIONS = (
+    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+)
+
+
+def _paid_bodies(fake: FakeGemini) -> list[str]:
+    return [
+        r["body_sha256"]
+        for r in fake.requests
+        if r.get("api_method") in PAID and r.get("status") == 200
+    ]
+
+
+def _clean_chunk_ids(postgres_server, tmp_path, fake: FakeGemini) -> set[str]:
+    """The chunk ids of one clean run of the book, through the CLI, in another database."""
+    database_url = create_database(postgres_server)
+    env = {
+        **os.environ,
+        "DOC_PIPELINE_HOME": str(tmp_path / "clean"),
+        "DATABASE_URL": database_url,
+        "GEMINI_API_KEY": "test-key",
+        "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+    }
+    env.pop("DAGSTER_HOME", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "doc_pipeline", "ingest", "--json", str(BOOK)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    document_id = json.loads(result.stdout)[0]["document_id"]
+    engine = store.engine_for(database_url)
+    ids = {chunk["id"] for chunk in store.load_chunks(engine, document_id)}
+    engine.dispose()
+    return ids
+
+
+def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
+    postgres_server, tmp_path, monkeypatch
+):
+    with FakeGemini() as fake:
+        clean_ids = _clean_chunk_ids(postgres_server, tmp_path, fake)
+        fake.clear_requests()
+
+        database_url = create_database(postgres_server)
+        home = tmp_path / "home"
+        for name, value in {
+            "DOC_PIPELINE_HOME": str(home),
+            "DATABASE_URL": database_url,
+            "DAGSTER_HOME": str(home / "dagster"),
+            "DOC_PIPELINE_DAGSTER_DATABASE_URL": "",
+            "GEMINI_API_KEY": "test-key",
+            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+            "DOC_PIPELINE_REAPER_INTERVAL_SECONDS": "3",
+        }.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings.from_env()
+        engine = prepare_app_database(settings)
+        document_id = register_file(engine, settings.blob_dir, BOOK).document_id
+        with open_instance(settings) as instance:
+            instance.add_dynamic_partitions(documents_partitions.name, [document_id])
+
+        fake.add_fault("generateContent", delay_seconds=0.5)  # slow enough to be caught mid-way
+        port = free_port()
+        log = (tmp_path / "ui.log").open("w")
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "doc_pipeline", "ui", "--port", str(port)],
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            nodes = wait_for_graphql(port, LOCATIONS, ui, timeout=180)["repositoriesOrError"]
+            (repository,) = nodes["nodes"]
+            params = {
+                "selector": {
+                    "repositoryLocationName": repository["location"]["name"],
+                    "repositoryName": repository["name"],
+                    "jobName": "document_job",
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": document_id}]},
+                "runConfigData": {},
+            }
+            launched = graphql(port, LAUNCH, {"params": params})["launchRun"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            run_id = launched["run"]["runId"]
+
+            def worker_mid_chunking():
+                document = store.get_document(engine, document_id)
+                if document["stage"] != "chunking" or len(_paid_bodies(fake)) < 3:
+                    return None
+                with engine.connect() as conn:
+                    return conn.execute(
+                        sa.text(
+                            "SELECT pid FROM heartbeats WHERE run_id = :run AND ended_at IS NULL"
+                        ),
+                        {"run": run_id},
+                    ).scalar()
+
+            pid = wait_until(worker_mid_chunking, 180, "the run to be chunking")
+            os.kill(pid, signal.SIGKILL)
+            paid_before_kill = len(_paid_bodies(fake))
+
+            def connected():
+                return store.get_document(engine, document_id)["stage"] == "connected"
+
+            wait_until(connected, 300, "the retry to complete the document", interval=1)
+        finally:
+            stop_process_group(ui)
+            log.close()
+
+        with open_instance(settings) as instance:
+            original = instance.get_run_by_id(run_id)
+            retries = [
+                run
+                for run in instance.get_runs()
+                if run.tags.get("dagster/parent_run_id") == run_id
+            ]
+        assert original.status.value == "FAILURE"
+        assert len(retries) == 1 and retries[0].status.value == "SUCCESS"
+        ids = {chunk["id"] for chunk in store.load_chunks(engine, document_id)}
+        assert ids == clean_ids
+        bodies = _paid_bodies(fake)
+        assert paid_before_kill >= 3
+        # At most the one request in flight at the kill is paid twice.
+        assert len(bodies) - len(set(bodies)) <= 1
+        engine.dispose()
