@@ -61,3 +61,12 @@ def app_database_url(empty_database_url) -> str:
     """A new database migrated to the newest schema."""
     migrate.upgrade(empty_database_url)
     return empty_database_url
+
+
+def use_home(monkeypatch: pytest.MonkeyPatch, home: Path, database_url: str) -> None:
+    """Point this process at a home folder whose app database is `database_url`. The variables
+    the CLI sets for Dagster are registered too, so that they are restored afterwards."""
+    monkeypatch.setenv("DOC_PIPELINE_HOME", str(home))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    monkeypatch.setenv("DOC_PIPELINE_DAGSTER_DATABASE_URL", "")

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_ui(port: int, log_path) -> subprocess.Popen:
+    """`doc-pipeline ui` (dagster dev) in its own process group, with the test's environment."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "doc_pipeline", "ui", "--port", str(port)],
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_for_graphql(port: int, query: str, process: subprocess.Popen, timeout: float) -> dict:

@@ -18,11 +18,12 @@ from doc_pipeline.ingest import prepare_app_database
 from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.settings import Settings
-from doc_pipeline_tests.conftest import CORPUS, create_database
+from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
 from doc_pipeline_tests.fakes import FakeGemini
 from doc_pipeline_tests.processes import (
     free_port,
     graphql,
+    start_ui,
     stop_process_group,
     wait_for_graphql,
     wait_until,
@@ -87,18 +88,10 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
         clean_ids = _clean_chunk_ids(postgres_server, tmp_path, fake)
         fake.clear_requests()
 
-        database_url = create_database(postgres_server)
-        home = tmp_path / "home"
-        for name, value in {
-            "DOC_PIPELINE_HOME": str(home),
-            "DATABASE_URL": database_url,
-            "DAGSTER_HOME": str(home / "dagster"),
-            "DOC_PIPELINE_DAGSTER_DATABASE_URL": "",
-            "GEMINI_API_KEY": "test-key",
-            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-            "DOC_PIPELINE_REAPER_INTERVAL_SECONDS": "3",
-        }.items():
-            monkeypatch.setenv(name, value)
+        use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("DOC_PIPELINE_REAPER_INTERVAL_SECONDS", "3")
         settings = Settings.from_env()
         engine = prepare_app_database(settings)
         document_id = register_file(engine, settings.blob_dir, BOOK).document_id
@@ -107,14 +100,7 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
 
         fake.add_fault("generateContent", delay_seconds=0.5)  # slow enough to be caught mid-way
         port = free_port()
-        log = (tmp_path / "ui.log").open("w")
-        ui = subprocess.Popen(
-            [sys.executable, "-m", "doc_pipeline", "ui", "--port", str(port)],
-            env=dict(os.environ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        ui = start_ui(port, tmp_path / "ui.log")
         try:
             nodes = wait_for_graphql(port, LOCATIONS, ui, timeout=180)["repositoriesOrError"]
             (repository,) = nodes["nodes"]
@@ -153,7 +139,6 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
             wait_until(connected, 300, "the retry to complete the document", interval=1)
         finally:
             stop_process_group(ui)
-            log.close()
 
         with open_instance(settings) as instance:
             original = instance.get_run_by_id(run_id)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +16,8 @@ from doc_pipeline.cli import app
 from doc_pipeline.core.chunking import count_words
 from doc_pipeline.db import store
 from doc_pipeline.ingest import document_job
-from doc_pipeline_tests.conftest import GOOD_BOOKS, MALFORMED_BOOKS, create_database
-from doc_pipeline_tests.processes import free_port, stop_process_group, wait_for_graphql
+from doc_pipeline_tests.conftest import GOOD_BOOKS, MALFORMED_BOOKS, create_database, use_home
+from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_for_graphql
 from doc_pipeline_tests.wordcount import body_words, words
 
 MAX_WORDS = 1200
@@ -43,11 +40,7 @@ class Pipeline:
     def __init__(self, home: Path, database_url: str, monkeypatch: pytest.MonkeyPatch):
         self.home = home
         self.database_url = database_url
-        monkeypatch.setenv("DOC_PIPELINE_HOME", str(home))
-        monkeypatch.setenv("DATABASE_URL", database_url)
-        # Set by the CLI for Dagster; registered here so they are restored afterwards.
-        monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-        monkeypatch.setenv("DOC_PIPELINE_DAGSTER_DATABASE_URL", "")
+        use_home(monkeypatch, home, database_url)
         self.engine = store.engine_for(database_url)
 
     def cli(self, *args: str):
@@ -181,14 +174,7 @@ def test_ui_serves_the_assets_and_the_ingest_runs(ingested, tmp_path):
     """`doc-pipeline ui` starts dagster dev on the same instance: the CLI's runs are listed."""
     _, _, outcomes = ingested
     port = free_port()
-    log = (tmp_path / "ui.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "doc_pipeline", "ui", "--port", str(port)],
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = start_ui(port, tmp_path / "ui.log")
     try:
         query = (
             "{ assetNodes { assetKey { path } } runsOrError { ... on Runs { results { runId } } } }"
@@ -206,7 +192,6 @@ def test_ui_serves_the_assets_and_the_ingest_runs(ingested, tmp_path):
         assert set(outcomes[GOOD_BOOKS[0].name]["run_ids"]) <= listed
     finally:
         stop_process_group(process)
-        log.close()
 
 
 def test_a_downstream_asset_alone_loads_its_inputs(ingested):

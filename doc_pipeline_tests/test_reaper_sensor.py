@@ -19,17 +19,12 @@ from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.sensors import stale_run_reaper
 from doc_pipeline.settings import Settings
+from doc_pipeline_tests.conftest import create_database, use_home
 
 
 @pytest.fixture
 def instance_and_engine(postgres_server, tmp_path, monkeypatch):
-    from doc_pipeline_tests.conftest import create_database
-
-    database_url = create_database(postgres_server)
-    monkeypatch.setenv("DOC_PIPELINE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
-    monkeypatch.setenv("DOC_PIPELINE_DAGSTER_DATABASE_URL", "")
+    use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
     settings = Settings.from_env()
     engine = prepare_app_database(settings)
     with open_instance(settings) as instance:
