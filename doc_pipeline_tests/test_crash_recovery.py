@@ -1,6 +1,7 @@
 """A real crash on a real instance with its daemon: the run worker is killed with SIGKILL in
-the middle of AI chunking; the reaper fails the run, Dagster's run retry resumes it from the
-failed step, and the document ends as a clean run would, with no AI request paid twice."""
+the middle of AI chunking or of embedding; the reaper fails the run, Dagster's run retry resumes
+it from the failed step, and the document ends as a clean run would, with no AI request paid
+twice (but for the one in flight at the kill)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import sqlalchemy as sa
 
 from doc_pipeline.core.registration import register_file
@@ -81,8 +83,16 @@ def _clean_chunk_ids(postgres_server, tmp_path, fake: FakeGemini) -> set[str]:
     return ids
 
 
+# (stage to crash in, the AI method slowed down so the kill lands inside it, requests answered
+# before the kill)
+CRASH_POINTS = [("chunking", "generateContent", 3), ("embedding", "batchEmbedContents", 12)]
+
+
+@pytest.mark.parametrize(
+    ("stage", "slowed", "answered"), CRASH_POINTS, ids=[c[0] for c in CRASH_POINTS]
+)
 def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
-    postgres_server, tmp_path, monkeypatch
+    postgres_server, tmp_path, monkeypatch, stage, slowed, answered
 ):
     with FakeGemini() as fake:
         clean_ids = _clean_chunk_ids(postgres_server, tmp_path, fake)
@@ -98,7 +108,7 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
         with open_instance(settings) as instance:
             instance.add_dynamic_partitions(documents_partitions.name, [document_id])
 
-        fake.add_fault("generateContent", delay_seconds=0.5)  # slow enough to be caught mid-way
+        fake.add_fault(slowed, delay_seconds=0.5)  # slow enough to be caught mid-way
         port = free_port()
         ui = start_ui(port, tmp_path / "ui.log")
         try:
@@ -117,9 +127,9 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
             assert launched["__typename"] == "LaunchRunSuccess", launched
             run_id = launched["run"]["runId"]
 
-            def worker_mid_chunking():
+            def worker_mid_stage():
                 document = store.get_document(engine, document_id)
-                if document["stage"] != "chunking" or len(_paid_bodies(fake)) < 3:
+                if document["stage"] != stage or len(_paid_bodies(fake)) < answered:
                     return None
                 with engine.connect() as conn:
                     return conn.execute(
@@ -129,7 +139,7 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
                         {"run": run_id},
                     ).scalar()
 
-            pid = wait_until(worker_mid_chunking, 180, "the run to be chunking")
+            pid = wait_until(worker_mid_stage, 180, f"the run to be {stage}", interval=0.05)
             os.kill(pid, signal.SIGKILL)
             paid_before_kill = len(_paid_bodies(fake))
 
@@ -152,7 +162,7 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
         ids = {chunk["id"] for chunk in store.load_chunks(engine, document_id)}
         assert ids == clean_ids
         bodies = _paid_bodies(fake)
-        assert paid_before_kill >= 3
+        assert paid_before_kill >= answered
         # At most the one request in flight at the kill is paid twice.
         assert len(bodies) - len(set(bodies)) <= 1
         engine.dispose()
