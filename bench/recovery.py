@@ -28,18 +28,6 @@ sys.path.insert(0, str(ROOT))  # the fake server and process helpers live in the
 
 CRASH_POINTS = [("chunking", "generateContent"), ("embedding", "batchEmbedContents")]
 PAID = ("generateContent", "batchEmbedContents")
-LOCATIONS = (
-    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
-)
-LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-  }
-}
-"""
 
 
 def paid(fake) -> int:
@@ -56,15 +44,9 @@ def crash_and_recover(book: Path, stage: str, slowed: str, work: Path, interval:
     from doc_pipeline.instance import open_instance
     from doc_pipeline.partitions import documents_partitions
     from doc_pipeline.settings import Settings
+    from doc_pipeline_tests.dagster_ui import launch_document_run, running_step_pid
     from doc_pipeline_tests.fakes import FakeGemini
-    from doc_pipeline_tests.processes import (
-        free_port,
-        graphql,
-        start_ui,
-        stop_process_group,
-        wait_for_graphql,
-        wait_until,
-    )
+    from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
 
     home = work / stage
     with FakeGemini() as fake:
@@ -85,21 +67,7 @@ def crash_and_recover(book: Path, stage: str, slowed: str, work: Path, interval:
             fake.add_fault(slowed, delay_seconds=0.5)
             port = free_port()
             ui = start_ui(port, work / f"{stage}-ui.log")
-            nodes = wait_for_graphql(port, LOCATIONS, ui, timeout=300)["repositoriesOrError"]
-            (repository,) = nodes["nodes"]
-            params = {
-                "selector": {
-                    "repositoryLocationName": repository["location"]["name"],
-                    "repositoryName": repository["name"],
-                    "jobName": "document_job",
-                },
-                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": document_id}]},
-                "runConfigData": {},
-            }
-            launched = graphql(port, LAUNCH, {"params": params})["launchRun"]
-            if launched["__typename"] != "LaunchRunSuccess":
-                raise RuntimeError(f"launch failed: {launched}")
-            run_id = launched["run"]["runId"]
+            run_id = launch_document_run(port, ui, document_id)
             started = time.perf_counter()
 
             def worker_mid_stage():
@@ -107,13 +75,7 @@ def crash_and_recover(book: Path, stage: str, slowed: str, work: Path, interval:
                     return None
                 if stage == "chunking" and paid(fake) < 3:
                     return None
-                with engine.connect() as conn:
-                    return conn.execute(
-                        sa.text(
-                            "SELECT pid FROM heartbeats WHERE run_id = :run AND ended_at IS NULL"
-                        ),
-                        {"run": run_id},
-                    ).scalar()
+                return running_step_pid(engine, run_id)
 
             pid = wait_until(worker_mid_stage, 300, f"the run to be {stage}", interval=0.05)
             os.kill(pid, signal.SIGKILL)
@@ -134,7 +96,6 @@ def crash_and_recover(book: Path, stage: str, slowed: str, work: Path, interval:
             wait_until(connected, 900, "the retry to complete the document", interval=0.2)
             completed = time.perf_counter()
             total = paid(fake)
-            committed_before = 0
             with engine.connect() as conn:
                 committed_before = conn.execute(
                     sa.text(

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-import sqlalchemy as sa
 
 from doc_pipeline.core.registration import register_file
 from doc_pipeline.db import store
@@ -21,32 +20,12 @@ from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
+from doc_pipeline_tests.dagster_ui import launch_document_run, running_step_pid
 from doc_pipeline_tests.fakes import FakeGemini
-from doc_pipeline_tests.processes import (
-    free_port,
-    graphql,
-    start_ui,
-    stop_process_group,
-    wait_for_graphql,
-    wait_until,
-)
+from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
 
 BOOK = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
 PAID = ("generateContent", "batchEmbedContents")
-
-LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}
-"""
-LOCATIONS = (
-    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
-)
 
 
 def _paid_bodies(fake: FakeGemini) -> list[str]:
@@ -112,32 +91,13 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
         port = free_port()
         ui = start_ui(port, tmp_path / "ui.log")
         try:
-            nodes = wait_for_graphql(port, LOCATIONS, ui, timeout=180)["repositoriesOrError"]
-            (repository,) = nodes["nodes"]
-            params = {
-                "selector": {
-                    "repositoryLocationName": repository["location"]["name"],
-                    "repositoryName": repository["name"],
-                    "jobName": "document_job",
-                },
-                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": document_id}]},
-                "runConfigData": {},
-            }
-            launched = graphql(port, LAUNCH, {"params": params})["launchRun"]
-            assert launched["__typename"] == "LaunchRunSuccess", launched
-            run_id = launched["run"]["runId"]
+            run_id = launch_document_run(port, ui, document_id)
 
             def worker_mid_stage():
                 document = store.get_document(engine, document_id)
                 if document["stage"] != stage or len(_paid_bodies(fake)) < answered:
                     return None
-                with engine.connect() as conn:
-                    return conn.execute(
-                        sa.text(
-                            "SELECT pid FROM heartbeats WHERE run_id = :run AND ended_at IS NULL"
-                        ),
-                        {"run": run_id},
-                    ).scalar()
+                return running_step_pid(engine, run_id)
 
             pid = wait_until(worker_mid_stage, 180, f"the run to be {stage}", interval=0.05)
             os.kill(pid, signal.SIGKILL)
