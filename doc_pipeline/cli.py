@@ -183,6 +183,11 @@ def ingest(
     if as_json:
         _print_json([o.as_dict() for o in outcomes])
     else:
+        for verdict in ingestion.reaped:
+            err.print(
+                f"[yellow]Marked earlier run {verdict.run_id[:8]} failed: {verdict.reason}."
+                "[/yellow]"
+            )
         _print_outcomes(outcomes)
     if any(o.failed for o in outcomes):
         raise typer.Exit(1)

@@ -10,18 +10,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, JobDefinition, execute_job, reconstructable
 from sqlalchemy.engine import Engine
 
+from doc_pipeline.core.reaper import Verdict
 from doc_pipeline.core.registration import register_file
 from doc_pipeline.core.stages import PERMANENT, TRANSIENT
 from doc_pipeline.db import migrate, store
 from doc_pipeline.db.server import database_urls
 from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.resources.liveness import Liveness
+from doc_pipeline.run_recovery import reap_dead_runs
 from doc_pipeline.settings import Settings
 
 UP_TO_EMBEDDINGS = [
@@ -33,7 +36,8 @@ QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 def document_job() -> JobDefinition:
-    from doc_pipeline.definitions import DOCUMENT_JOB, defs
+    from doc_pipeline.definitions import defs
+    from doc_pipeline.jobs import DOCUMENT_JOB
 
     return defs.resolve_job_def(DOCUMENT_JOB)
 
@@ -70,6 +74,8 @@ class Ingestion:
     run_config: dict = field(default_factory=dict)
     on_registered: Callable[[IngestOutcome], None] = lambda outcome: None
     on_run_finished: Callable[[IngestOutcome], None] = lambda outcome: None
+    # Runs of earlier, killed ingests that this one found dead and failed before it started.
+    reaped: list[Verdict] = field(default_factory=list)
 
     def run(self, files: list[Path]) -> list[IngestOutcome]:
         """Process the files (see `find_book_files`), each document once."""
@@ -77,6 +83,9 @@ class Ingestion:
         outcomes = self._register(engine, files)
         by_document = {o.document_id: o for o in outcomes if o.document_id}
         with open_instance(self.settings) as instance:
+            # A killed earlier ingest leaves its run STARTED, holding its AI pool slot.
+            stale_after = timedelta(minutes=Liveness().stale_after_minutes)
+            self.reaped = reap_dead_runs(instance, engine, stale_after)[1]
             known = set(instance.get_dynamic_partitions(documents_partitions.name))
             instance.add_dynamic_partitions(
                 documents_partitions.name, [d for d in by_document if d not in known]

@@ -1,6 +1,7 @@
 from dagster import AssetKey, Definitions
 
-from doc_pipeline.definitions import DOCUMENT_JOB, defs
+from doc_pipeline.definitions import defs
+from doc_pipeline.jobs import DOCUMENT_JOB
 from doc_pipeline.partitions import documents_partitions
 
 STAGES = ["source_document", "extracted_markdown", "chunks", "embeddings", "connections"]

@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.assets.failures import user_facing_failures
+from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.chunk_rows import chunk_rows
 from doc_pipeline.core.epub import InvalidBookError
 from doc_pipeline.core.stages import tracked_stage
@@ -15,7 +16,7 @@ from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
-@asset(partitions_def=documents_partitions, group_name="documents")
+@asset(partitions_def=documents_partitions, group_name="documents", pool=AI_POOL)
 def chunks(
     context: AssetExecutionContext,
     extracted_markdown: dict,

@@ -3,6 +3,7 @@ import time
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
+from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
@@ -11,7 +12,7 @@ from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
-@asset(partitions_def=documents_partitions, group_name="documents")
+@asset(partitions_def=documents_partitions, group_name="documents", pool=AI_POOL)
 def embeddings(
     context: AssetExecutionContext,
     chunks: dict,

@@ -1,0 +1,21 @@
+"""The document job: every stage of one document partition, in one run worker process."""
+
+from dagster import AssetSelection, define_asset_job, in_process_executor
+
+from doc_pipeline.assets import document_assets
+from doc_pipeline.partitions import documents_partitions
+
+DOCUMENT_JOB = "document_job"
+MAX_RUNTIME_SECONDS = 6 * 60 * 60
+
+# In-process: a killed run worker must not leave a step process behind that finishes an AI call
+# the retry then pays for again, and it saves seconds of process start per step.
+document_job = define_asset_job(
+    DOCUMENT_JOB,
+    selection=AssetSelection.assets(*document_assets),
+    partitions_def=documents_partitions,
+    executor_def=in_process_executor,
+    description="Process one document: source → markdown → chunks → embeddings → connections.",
+    # A backstop longer than any legitimate run; stale runs are caught sooner by the reaper.
+    tags={"dagster/max_runtime": str(MAX_RUNTIME_SECONDS)},
+)

@@ -1,0 +1,171 @@
+"""The reaper's work on a Dagster instance (the rules are in core/reaper.py and core/resume.py):
+fail runs that are dead, give back their pool slots, and find failed documents to resume.
+
+Used by the `stale_run_reaper` sensor and, for runs of this host, by `doc-pipeline ingest`
+before it starts (a CLI run killed earlier must not hold its AI pool slot forever).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.execution.stats import StepEventStatus
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
+from sqlalchemy.engine import Engine
+
+from doc_pipeline.assets import document_assets
+from doc_pipeline.concurrency import PARTITION_TAG
+from doc_pipeline.core.heartbeat import newest_beats
+from doc_pipeline.core.reaper import StartedRun, Verdict, dead_runs
+from doc_pipeline.core.resume import DocumentState, GiveUp, RecoveryPolicy, RunOutcome, decide
+from doc_pipeline.core.stages import TRANSIENT
+from doc_pipeline.db import store
+from doc_pipeline.jobs import DOCUMENT_JOB
+
+# Failed runs older than this are not looked at again: the reaper has decided about them.
+LOOKBACK = timedelta(days=1)
+ASSET_ORDER = [key for asset in document_assets for key in asset.keys]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(
+    instance: DagsterInstance, engine: Engine, stale_after: timedelta, *, log=None
+) -> tuple[int, list[Verdict]]:
+    """Fail the started runs that are dead, mark their documents failed (transient) and free
+    their pool slots. Returns how many started runs were checked, and the verdicts."""
+    records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    beats = newest_beats(engine, [record.dagster_run.run_id for record in records])
+    runs = []
+    for record in records:
+        run = record.dagster_run
+        beat = beats.get(run.run_id)
+        started = datetime.fromtimestamp(record.start_time, UTC) if record.start_time else None
+        runs.append(
+            StartedRun(
+                run_id=run.run_id,
+                document_id=run.tags.get(PARTITION_TAG),
+                started_at=started,
+                last_beat=beat.beat_at if beat else None,
+                beat_host=beat.host if beat else None,
+                beat_pid=beat.pid if beat else None,
+            )
+        )
+    verdicts = dead_runs(
+        runs,
+        now=datetime.now(UTC),
+        stale_after=stale_after,
+        this_host=socket.gethostname(),
+        pid_alive=_pid_alive,
+    )
+    for verdict in verdicts:
+        message = f"doc_pipeline reaper: run {verdict.run_id[:8]} failed because {verdict.reason}"
+        if log:
+            log.warning(message)
+        instance.report_run_failed(instance.get_run_by_id(verdict.run_id), message=message)
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(verdict.run_id)
+        if verdict.document_id and store.get_document(engine, verdict.document_id):
+            store.mark_failed(
+                engine, verdict.document_id, TRANSIENT, f"{message}; a retry resumes it"
+            )
+    return len(runs), verdicts
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    document_id: str
+    failed_run_id: str
+    attempt: int
+    asset_keys: list[AssetKey]  # what the failed run selected and did not finish
+    run_config: dict
+
+
+def failed_documents(
+    instance: DagsterInstance, engine: Engine, policy: RecoveryPolicy, now: datetime
+) -> tuple[list[ResumeRequest], list[tuple[str, GiveUp]]]:
+    """Documents whose newest run failed: those to resume now, and those given up on."""
+    failed = instance.get_run_records(
+        RunsFilter(
+            job_name=DOCUMENT_JOB,
+            statuses=[DagsterRunStatus.FAILURE],
+            updated_after=now - LOOKBACK,
+        )
+    )
+    documents = {
+        r.dagster_run.tags[PARTITION_TAG] for r in failed if PARTITION_TAG in r.dagster_run.tags
+    }
+    resumes, give_ups = [], []
+    for document_id in sorted(documents):
+        row = store.get_document(engine, document_id)
+        if row is None:
+            continue
+        records = instance.get_run_records(
+            RunsFilter(job_name=DOCUMENT_JOB, tags={PARTITION_TAG: document_id}),
+            limit=policy.max_attempts + 1,
+        )
+        decision = decide(
+            [_outcome(record) for record in records],
+            DocumentState(row["stage"], row["error_class"], row["error_message"]),
+            now=now,
+            policy=policy,
+        )
+        if isinstance(decision, GiveUp):
+            store.mark_failed(
+                engine, document_id, row["error_class"] or TRANSIENT, decision.message
+            )
+            give_ups.append((document_id, decision))
+        elif decision is not None:
+            failed_run = records[0].dagster_run
+            remaining = _unfinished_assets(instance, failed_run)
+            if remaining:
+                resumes.append(
+                    ResumeRequest(
+                        document_id,
+                        decision.failed_run_id,
+                        decision.attempt,
+                        remaining,
+                        dict(failed_run.run_config),
+                    )
+                )
+    return resumes, give_ups
+
+
+def _outcome(record) -> RunOutcome:
+    run = record.dagster_run
+    return RunOutcome(
+        run_id=run.run_id,
+        failed=run.status == DagsterRunStatus.FAILURE,
+        ended_at=datetime.fromtimestamp(record.end_time, UTC) if record.end_time else None,
+        # Dagster can only re-execute a run launched from a code location (not the CLI's).
+        dagster_will_retry=run.remote_job_origin is not None
+        and run.tags.get(WILL_RETRY_TAG) != "false",
+        dagster_retried=AUTO_RETRY_RUN_ID_TAG in run.tags,
+    )
+
+
+def _unfinished_assets(instance: DagsterInstance, run) -> list[AssetKey]:
+    """The failed run's assets that did not succeed in it, in pipeline order (from failure)."""
+    selected = set(run.asset_selection) if run.asset_selection else set(ASSET_ORDER)
+    succeeded = {
+        stats.step_key
+        for stats in instance.get_run_step_stats(run.run_id)
+        if stats.status == StepEventStatus.SUCCESS
+    }
+    return [
+        key
+        for key in ASSET_ORDER
+        if key in selected and key.to_python_identifier() not in succeeded
+    ]
