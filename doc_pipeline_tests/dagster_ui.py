@@ -25,7 +25,9 @@ mutation Launch($params: ExecutionParams!) {
 """
 
 
-def launch_document_run(port: int, ui: subprocess.Popen, document_id: str) -> str:
+def launch_document_run(
+    port: int, ui: subprocess.Popen, document_id: str, run_config: dict | None = None
+) -> str:
     """Wait for the webserver, launch `document_job` for the document's partition; its run id."""
     nodes = wait_for_graphql(port, LOCATIONS, ui, timeout=300)["repositoriesOrError"]["nodes"]
     (repository,) = nodes
@@ -36,7 +38,7 @@ def launch_document_run(port: int, ui: subprocess.Popen, document_id: str) -> st
             "jobName": "document_job",
         },
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": document_id}]},
-        "runConfigData": {},
+        "runConfigData": run_config or {},
     }
     launched = graphql(port, LAUNCH, {"params": params})["launchRun"]
     if launched["__typename"] != "LaunchRunSuccess":

@@ -1,17 +1,23 @@
-"""A real crash on a real instance with its daemon: the run worker is killed with SIGKILL in
-the middle of AI chunking or of embedding; the reaper fails the run, Dagster's run retry resumes
-it from the failed step, and the document ends as a clean run would, with no AI request paid
-twice (but for the one in flight at the kill)."""
+"""Real crashes on a real instance with its daemon (`doc-pipeline ui`): the run worker is killed
+with SIGKILL inside each stage, or the whole Dagster process tree is killed and started again.
+The reaper fails the dead run, a retry resumes it from the failed step, and the document ends
+with the data of a clean run (chunk ids, vectors, connections), no AI request paid twice but
+the one in flight at the kill, and no foreign-key error."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+import yaml
 
 from doc_pipeline.core.registration import register_file
 from doc_pipeline.db import store
@@ -20,109 +26,189 @@ from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
-from doc_pipeline_tests.dagster_ui import launch_document_run, running_step_pid
+from doc_pipeline_tests.crash_points import SLOWED, STAGES, paid_bodies, slow_down, worker_inside
+from doc_pipeline_tests.dagster_ui import launch_document_run
 from doc_pipeline_tests.fakes import FakeGemini
 from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
 
 BOOK = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
-PAID = ("generateContent", "batchEmbedContents")
+OTHER_BOOK = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"  # what BOOK connects to
+# Every pair of chunks is similar enough, so that the connections compared are not empty.
+RUN_CONFIG = {"resources": {"provider": {"config": {"connection_min_similarity": 0.0}}}}
 
 
-def _paid_bodies(fake: FakeGemini) -> list[str]:
-    return [
-        r["body_sha256"]
-        for r in fake.requests
-        if r.get("api_method") in PAID and r.get("status") == 200
-    ]
+@dataclass(frozen=True)
+class DocumentData:
+    chunk_ids: frozenset[str]
+    vectors: dict[str, tuple[float, ...]]
+    connections: frozenset[tuple[str, str, str, float]]
 
 
-def _clean_chunk_ids(postgres_server, tmp_path, fake: FakeGemini) -> set[str]:
-    """The chunk ids of one clean run of the book, through the CLI, in another database."""
-    database_url = create_database(postgres_server)
-    env = {
-        **os.environ,
-        "DOC_PIPELINE_HOME": str(tmp_path / "clean"),
-        "DATABASE_URL": database_url,
-        "GEMINI_API_KEY": "test-key",
-        "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-    }
-    env.pop("DAGSTER_HOME", None)
+def document_data(engine, document_id: str) -> DocumentData:
+    with engine.connect() as conn:
+        vectors = conn.execute(
+            sa.text(
+                "SELECT e.chunk_id, e.embedding::text FROM embeddings e"
+                " JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = :doc"
+            ),
+            {"doc": document_id},
+        ).all()
+        connections = conn.execute(
+            sa.text(
+                "SELECT source_chunk_id, target_chunk_id, connection_type, round(strength::numeric,"
+                " 6) FROM connections WHERE source_chunk_id IN"
+                " (SELECT id FROM chunks WHERE document_id = :doc)"
+            ),
+            {"doc": document_id},
+        ).all()
+    return DocumentData(
+        chunk_ids=frozenset(c["id"] for c in store.load_chunks(engine, document_id)),
+        vectors={chunk_id: tuple(json.loads(text)) for chunk_id, text in vectors},
+        connections=frozenset((s, t, kind, float(v)) for s, t, kind, v in connections),
+    )
+
+
+def _gemini_env(fake: FakeGemini) -> dict[str, str]:
+    return {"GEMINI_API_KEY": "test-key", "GOOGLE_GEMINI_BASE_URL": fake.base_url}
+
+
+def _cli_ingest(env: dict, book: Path, config: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "doc_pipeline", "ingest", "--json", str(BOOK)],
+        [sys.executable, "-m", "doc_pipeline", "ingest", "--json", "--config", str(config), book],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    document_id = json.loads(result.stdout)[0]["document_id"]
+    return json.loads(result.stdout)[0]["document_id"]
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def run_config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "run_config.yaml"
+    path.write_text(yaml.safe_dump(RUN_CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean(postgres_server, tmp_path_factory, fake, run_config_file) -> DocumentData:
+    """One clean run through the CLI, in its own home and database: the other book, then BOOK."""
+    database_url = create_database(postgres_server)
+    env = {
+        **os.environ,
+        **_gemini_env(fake),
+        "DOC_PIPELINE_HOME": str(tmp_path_factory.mktemp("clean")),
+        "DATABASE_URL": database_url,
+    }
+    env.pop("DAGSTER_HOME", None)
+    _cli_ingest(env, OTHER_BOOK, run_config_file)
+    document_id = _cli_ingest(env, BOOK, run_config_file)
     engine = store.engine_for(database_url)
-    ids = {chunk["id"] for chunk in store.load_chunks(engine, document_id)}
+    data = document_data(engine, document_id)
     engine.dispose()
-    return ids
+    assert data.connections, "the clean run found no connections to compare"
+    return data
 
 
-# (stage to crash in, the AI method slowed down so the kill lands inside it, requests answered
-# before the kill)
-CRASH_POINTS = [("chunking", "generateContent", 3), ("embedding", "batchEmbedContents", 12)]
+@pytest.fixture
+def crash_home(postgres_server, tmp_path, monkeypatch, fake, run_config_file, clean):
+    """A home holding the other book, processed, and BOOK registered: (engine, BOOK's id)."""
+    fake.clear_faults()
+    use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
+    for name, value in _gemini_env(fake).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DOC_PIPELINE_REAPER_INTERVAL_SECONDS", "3")
+    _cli_ingest(dict(os.environ), OTHER_BOOK, run_config_file)
+    settings = Settings.from_env()
+    engine = prepare_app_database(settings)
+    document_id = register_file(engine, settings.blob_dir, BOOK).document_id
+    with open_instance(settings) as instance:
+        instance.add_dynamic_partitions(documents_partitions.name, [document_id])
+    fake.clear_requests()
+    yield engine, document_id
+    fake.clear_faults()
+    engine.dispose()
 
 
-@pytest.mark.parametrize(
-    ("stage", "slowed", "answered"), CRASH_POINTS, ids=[c[0] for c in CRASH_POINTS]
-)
+def _connected(engine, document_id: str):
+    return lambda: store.get_document(engine, document_id)["stage"] == "connected"
+
+
+def _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean, in_flight):
+    with open_instance(Settings.from_env()) as instance:
+        original = instance.get_run_by_id(run_id)
+        runs = instance.get_runs()
+        retries = [r for r in runs if r.tags.get("dagster/parent_run_id") == run_id]
+        logs = [event.message or "" for run in runs for event in instance.all_logs(run.run_id)]
+        failures = [
+            f"{event.run_id[:8]} {event.step_key}: {event.dagster_event.event_specific_data}"
+            for run in retries
+            for event in instance.all_logs(run.run_id)
+            if event.dagster_event and event.dagster_event.is_failure
+        ]
+    assert original.status.value == "FAILURE"
+    assert len(retries) == 1 and retries[0].status.value == "SUCCESS", failures
+    assert not [m for m in logs if "ForeignKeyViolation" in m or "foreign key" in m.lower()]
+    assert document_data(engine, document_id) == clean
+    # The fake server's log: at most the request in flight at the kill was answered twice.
+    bodies = paid_bodies(fake)
+    assert len(bodies) - len(set(bodies)) <= in_flight
+    # The ledger: no request was paid twice.
+    with engine.connect() as conn:
+        twice = conn.execute(
+            sa.text(
+                "SELECT key FROM ai_calls WHERE outcome = 'paid' GROUP BY key HAVING count(*) > 1"
+            )
+        ).all()
+    assert twice == []
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
-    postgres_server, tmp_path, monkeypatch, stage, slowed, answered
+    crash_home, fake, clean, tmp_path, stage
 ):
-    with FakeGemini() as fake:
-        clean_ids = _clean_chunk_ids(postgres_server, tmp_path, fake)
-        fake.clear_requests()
-
-        use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
-        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
-        monkeypatch.setenv("DOC_PIPELINE_REAPER_INTERVAL_SECONDS", "3")
-        settings = Settings.from_env()
-        engine = prepare_app_database(settings)
-        document_id = register_file(engine, settings.blob_dir, BOOK).document_id
-        with open_instance(settings) as instance:
-            instance.add_dynamic_partitions(documents_partitions.name, [document_id])
-
-        fake.add_fault(slowed, delay_seconds=0.5)  # slow enough to be caught mid-way
-        port = free_port()
-        ui = start_ui(port, tmp_path / "ui.log")
-        try:
-            run_id = launch_document_run(port, ui, document_id)
-
-            def worker_mid_stage():
-                document = store.get_document(engine, document_id)
-                if document["stage"] != stage or len(_paid_bodies(fake)) < answered:
-                    return None
-                return running_step_pid(engine, run_id)
-
-            pid = wait_until(worker_mid_stage, 180, f"the run to be {stage}", interval=0.05)
+    engine, document_id = crash_home
+    slow_down(fake, stage)
+    port = free_port()
+    ui = start_ui(port, tmp_path / "ui.log")
+    try:
+        run_id = launch_document_run(port, ui, document_id, RUN_CONFIG)
+        with worker_inside(stage, engine, fake, document_id, run_id) as pid:
             os.kill(pid, signal.SIGKILL)
-            paid_before_kill = len(_paid_bodies(fake))
+        wait_until(_connected(engine, document_id), 300, "the retry to complete the document", 1)
+    finally:
+        stop_process_group(ui)
+    in_flight = 1 if stage in SLOWED else 0
+    _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean, in_flight)
 
-            def connected():
-                return store.get_document(engine, document_id)["stage"] == "connected"
 
-            wait_until(connected, 300, "the retry to complete the document", interval=1)
-        finally:
+def test_killing_the_whole_dagster_process_tree_and_starting_it_again_recovers_the_run(
+    crash_home, fake, clean, tmp_path
+):
+    engine, document_id = crash_home
+    slow_down(fake, "chunking")
+    port = free_port()
+    uis = [start_ui(port, tmp_path / "ui-1.log")]
+    try:
+        run_id = launch_document_run(port, uis[0], document_id, RUN_CONFIG)
+        with worker_inside("chunking", engine, fake, document_id, run_id) as pid:
+            os.killpg(uis[0].pid, signal.SIGKILL)  # webserver, daemon, code server
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # the run worker, were it outside that group
+        uis[0].wait(30)
+        with open_instance(Settings.from_env()) as instance:
+            assert instance.get_run_by_id(run_id).status.value == "STARTED"  # stuck
+
+        uis.append(start_ui(free_port(), tmp_path / "ui-2.log"))
+        wait_until(_connected(engine, document_id), 300, "the stuck run to be recovered", 1)
+    finally:
+        for ui in uis:
             stop_process_group(ui)
-
-        with open_instance(settings) as instance:
-            original = instance.get_run_by_id(run_id)
-            retries = [
-                run
-                for run in instance.get_runs()
-                if run.tags.get("dagster/parent_run_id") == run_id
-            ]
-        assert original.status.value == "FAILURE"
-        assert len(retries) == 1 and retries[0].status.value == "SUCCESS"
-        ids = {chunk["id"] for chunk in store.load_chunks(engine, document_id)}
-        assert ids == clean_ids
-        bodies = _paid_bodies(fake)
-        assert paid_before_kill >= answered
-        # At most the one request in flight at the kill is paid twice.
-        assert len(bodies) - len(set(bodies)) <= 1
-        engine.dispose()
+    _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean, in_flight=1)

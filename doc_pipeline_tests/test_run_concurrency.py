@@ -1,0 +1,76 @@
+"""The instance's concurrency limits from dagster.yaml, on a real instance with its daemon: one
+active run per document (a second run of the same document waits in the queue), and the `ai`
+pool (steps that call the provider wait for a slot, across runs)."""
+
+from __future__ import annotations
+
+from doc_pipeline.concurrency import AI_POOL
+from doc_pipeline.core.registration import register_file
+from doc_pipeline.ingest import prepare_app_database
+from doc_pipeline.instance import open_instance
+from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.settings import Settings
+from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
+from doc_pipeline_tests.dagster_ui import launch_document_run
+from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
+
+BOOKS = [
+    CORPUS / "epub" / "se-abbott-flatland.epub3.epub",
+    CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub",
+]
+AI_STEPS = {"chunks", "embeddings"}
+
+
+def test_one_active_run_per_document_and_ai_steps_share_the_pool(
+    postgres_server, tmp_path, monkeypatch
+):
+    use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
+    with FakeGemini() as fake:
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
+        fake.add_fault("generateContent", delay_seconds=0.2)
+        settings = Settings.from_env()
+        engine = prepare_app_database(settings)
+        flatland, rabbit = (register_file(engine, settings.blob_dir, b).document_id for b in BOOKS)
+        with open_instance(settings) as instance:
+            assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
+            instance.add_dynamic_partitions(documents_partitions.name, [flatland, rabbit])
+            # The documented way to change the pool's size for a running instance.
+            instance.event_log_storage.set_concurrency_slots(AI_POOL, 1)
+
+        port = free_port()
+        ui = start_ui(port, tmp_path / "ui.log")
+        try:
+            first = launch_document_run(port, ui, flatland)
+            again = launch_document_run(port, ui, flatland)
+            other = launch_document_run(port, ui, rabbit)
+            with open_instance(settings) as instance:
+
+                def finished():
+                    records = instance.get_run_records()
+                    return all(r.dagster_run.is_finished for r in records) and records
+
+                records = wait_until(finished, 300, "the three runs to finish", interval=1)
+                runs = {r.dagster_run.run_id: r for r in records}
+                steps = {run_id: instance.get_run_step_stats(run_id) for run_id in (first, other)}
+        finally:
+            stop_process_group(ui)
+        engine.dispose()
+
+    assert {r.dagster_run.status.value for r in runs.values()} == {"SUCCESS"}
+    # The second run of the same document started only after the first had ended.
+    assert runs[again].start_time >= runs[first].end_time
+    # The other document's run was active at the same time as the first ...
+    assert runs[other].start_time < runs[first].end_time
+    assert runs[first].start_time < runs[other].end_time
+    # ... but with one slot in the pool, no two AI steps ever ran at once.
+    ai_steps = sorted(
+        (stats.start_time, stats.end_time, stats.step_key)
+        for run_id in (first, other)
+        for stats in steps[run_id]
+        if stats.step_key in AI_STEPS
+    )
+    assert len(ai_steps) == 4
+    for (_, ended, step), (started, _, next_step) in zip(ai_steps, ai_steps[1:], strict=False):
+        assert started >= ended, f"{next_step} started while {step} still ran"
