@@ -4,6 +4,7 @@ GraphQL, and find the run worker of a step that is running (from its heartbeat).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -53,3 +54,20 @@ def running_step_pid(engine: Engine, run_id: str) -> int | None:
             sa.text("SELECT pid FROM heartbeats WHERE run_id = :run AND ended_at IS NULL"),
             {"run": run_id},
         ).scalar()
+
+
+def document_settled(engine: Engine, document_id: str, stage: str) -> Callable[[], bool]:
+    """A condition: the document reached `stage` and no run is still finishing (a step marks
+    its stage done before Dagster records the step's success; stopping the UI in between would
+    interrupt that run)."""
+    from doc_pipeline.db import store
+    from doc_pipeline.instance import open_instance
+    from doc_pipeline.settings import Settings
+
+    def settled() -> bool:
+        if store.get_document(engine, document_id)["stage"] != stage:
+            return False
+        with open_instance(Settings.from_env()) as instance:
+            return all(run.is_finished for run in instance.get_runs())
+
+    return settled

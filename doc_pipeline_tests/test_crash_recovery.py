@@ -27,7 +27,7 @@ from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
 from doc_pipeline_tests.crash_points import SLOWED, STAGES, paid_bodies, slow_down, worker_inside
-from doc_pipeline_tests.dagster_ui import launch_document_run
+from doc_pipeline_tests.dagster_ui import document_settled, launch_document_run
 from doc_pipeline_tests.fakes import FakeGemini
 from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
 
@@ -137,10 +137,6 @@ def crash_home(postgres_server, tmp_path, monkeypatch, fake, run_config_file, cl
     engine.dispose()
 
 
-def _connected(engine, document_id: str):
-    return lambda: store.get_document(engine, document_id)["stage"] == "connected"
-
-
 def _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean, in_flight):
     with open_instance(Settings.from_env()) as instance:
         original = instance.get_run_by_id(run_id)
@@ -182,7 +178,12 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
         run_id = launch_document_run(port, ui, document_id, RUN_CONFIG)
         with worker_inside(stage, engine, fake, document_id, run_id) as pid:
             os.kill(pid, signal.SIGKILL)
-        wait_until(_connected(engine, document_id), 300, "the retry to complete the document", 1)
+        wait_until(
+            document_settled(engine, document_id, "connected"),
+            300,
+            "the retry to complete the document",
+            1,
+        )
     finally:
         stop_process_group(ui)
     in_flight = 1 if stage in SLOWED else 0
@@ -207,7 +208,12 @@ def test_killing_the_whole_dagster_process_tree_and_starting_it_again_recovers_t
             assert instance.get_run_by_id(run_id).status.value == "STARTED"  # stuck
 
         uis.append(start_ui(free_port(), tmp_path / "ui-2.log"))
-        wait_until(_connected(engine, document_id), 300, "the stuck run to be recovered", 1)
+        wait_until(
+            document_settled(engine, document_id, "connected"),
+            300,
+            "the stuck run to be recovered",
+            1,
+        )
     finally:
         for ui in uis:
             stop_process_group(ui)

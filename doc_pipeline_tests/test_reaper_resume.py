@@ -16,6 +16,7 @@ from doc_pipeline.ingest import prepare_app_database
 from doc_pipeline.instance import open_instance
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
+from doc_pipeline_tests.dagster_ui import document_settled
 from doc_pipeline_tests.fakes import FakeGemini
 from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
 
@@ -61,10 +62,7 @@ def test_a_cli_run_that_failed_transiently_is_resumed_by_the_reaper(
         port = free_port()
         ui = start_ui(port, tmp_path / "ui.log")
         try:
-
-            def embedded():
-                return store.get_document(engine, document["id"])["stage"] == "embedded"
-
+            embedded = document_settled(engine, document["id"], "embedded")
             wait_until(embedded, 300, "the reaper to resume the document", interval=1)
         finally:
             stop_process_group(ui)
