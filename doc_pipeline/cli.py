@@ -328,7 +328,7 @@ def _print_details(details: dict) -> None:
             f"{when(beat['beat_at'])} ({beat['step_key']}, run {beat['run_id'][:8]}, "
             f"pid {beat['pid']} on {beat['host']}, {state})",
         )
-    table.add_row("runs", str(details["runs"]))
+    table.add_row("attempts", f"{details['attempts']} run(s) worked on it")
     table.add_row("chunks", str(details["chunks"]))
     table.add_row("connections", str(details["connections"]))
     table.add_row("AI", f"${details['ai_cost_usd']:.4f} paid, ${details['ai_saved_usd']:.4f} saved")

@@ -158,7 +158,7 @@ def test_status_and_export(ingested):
     row = json.loads(status.stdout)
     assert row["id"] == document_id and row["stage"] == "connected"
     assert set(row["completed_stages"]) == {"extracted", "chunked", "embedded", "connected"}
-    assert row["last_heartbeat"]["ended_at"] is not None and row["runs"] >= 2
+    assert row["last_heartbeat"]["ended_at"] is not None and row["attempts"] >= 2
     listing = json.loads(pipeline.cli("status", "--json").stdout)
     assert {r["id"] for r in listing} >= {o["document_id"] for o in outcomes.values()}
     text = pipeline.cli("status", document_id).stdout

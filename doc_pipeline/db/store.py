@@ -209,7 +209,7 @@ def document_details(engine: Engine, document_id: str) -> dict[str, Any]:
         "byte_size": document.get("byte_size"),
         "completed_stages": completed,
         "last_heartbeat": dict(beat) if beat else None,
-        "runs": runs,
+        "attempts": runs,
     }
 
 
