@@ -343,17 +343,21 @@ def _print_details(details: dict) -> None:
 def export(
     document: Annotated[str, typer.Argument(help="A document id (or its first characters).")],
 ) -> None:
-    """Print a document's chunks as JSON lines: id, index, content, heading path, metadata."""
+    """Print a document's chunks as JSON lines: id, index, content, heading path, metadata, and
+    connections in both directions (to chunks of other documents, strongest first)."""
     from doc_pipeline.db import store
 
     engine = _app_engine()
-    for chunk in store.load_chunks(engine, _resolve_document(engine, document)):
+    document_id = _resolve_document(engine, document)
+    connections = store.connections_of_document(engine, document_id)
+    for chunk in store.load_chunks(engine, document_id):
         record = {
             "id": chunk["id"],
             "index": chunk["chunk_index"],
             "content": chunk["content"],
             "heading_path": chunk["heading_path"],
             "metadata": chunk["metadata"],
+            "connections": connections.get(chunk["id"], []),
         }
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
 

@@ -1,6 +1,6 @@
 """The Definitions object: assets, resources and jobs of doc_pipeline."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from doc_pipeline.assets import document_assets
 from doc_pipeline.jobs import document_job
@@ -11,7 +11,7 @@ from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.local_provider import LocalProvider
 from doc_pipeline.resources.recovery import Recovery
 from doc_pipeline.resources.source_store import SourceStore
-from doc_pipeline.sensors import stale_run_reaper
+from doc_pipeline.sensors import connections_automation, stale_run_reaper
 from doc_pipeline.settings import Settings
 
 PROVIDERS = {"local": LocalProvider, "gemini": GeminiProvider}
@@ -19,7 +19,9 @@ PROVIDERS = {"local": LocalProvider, "gemini": GeminiProvider}
 defs = Definitions(
     assets=document_assets,
     jobs=[document_job],
-    sensors=[stale_run_reaper],
+    sensors=[stale_run_reaper, connections_automation],
+    # Runs the automation sensor starts use it too (see jobs.py for why in-process).
+    executor=in_process_executor,
     resources={
         "app_database": AppDatabase(),
         "source_store": SourceStore(),

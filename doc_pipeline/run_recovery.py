@@ -24,7 +24,6 @@ from doc_pipeline.core.reaper import StartedRun, Verdict, dead_runs
 from doc_pipeline.core.resume import DocumentState, GiveUp, RecoveryPolicy, RunOutcome, decide
 from doc_pipeline.core.stages import TRANSIENT
 from doc_pipeline.db import store
-from doc_pipeline.jobs import DOCUMENT_JOB
 
 # Failed runs older than this are not looked at again: the reaper has decided about them.
 LOOKBACK = timedelta(days=1)
@@ -97,12 +96,9 @@ def failed_documents(
     instance: DagsterInstance, engine: Engine, policy: RecoveryPolicy, now: datetime
 ) -> tuple[list[ResumeRequest], list[tuple[str, GiveUp]]]:
     """Documents whose newest run failed: those to resume now, and those given up on."""
+    # Any job: the document job, and the runs the connections automation starts.
     failed = instance.get_run_records(
-        RunsFilter(
-            job_name=DOCUMENT_JOB,
-            statuses=[DagsterRunStatus.FAILURE],
-            updated_after=now - LOOKBACK,
-        )
+        RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=now - LOOKBACK)
     )
     documents = {
         r.dagster_run.tags[PARTITION_TAG] for r in failed if PARTITION_TAG in r.dagster_run.tags
@@ -113,7 +109,7 @@ def failed_documents(
         if row is None:
             continue
         records = instance.get_run_records(
-            RunsFilter(job_name=DOCUMENT_JOB, tags={PARTITION_TAG: document_id}),
+            RunsFilter(tags={PARTITION_TAG: document_id}),
             limit=policy.max_attempts + 1,
         )
         decision = decide(

@@ -1,4 +1,4 @@
-"""Sensors: the stale-run reaper."""
+"""Sensors: the stale-run reaper, and the automation that connects embedded documents."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -14,13 +16,14 @@ from dagster import (
     sensor,
 )
 
-from doc_pipeline.jobs import document_job
+from doc_pipeline.jobs import MAX_RUNTIME_SECONDS, document_job
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.recovery import Recovery
 from doc_pipeline.run_recovery import failed_documents, reap_dead_runs
 
 REAPER_INTERVAL_ENV = "DOC_PIPELINE_REAPER_INTERVAL_SECONDS"
+AUTOMATION_INTERVAL_ENV = "DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS"
 RESUME_OF_TAG = "doc_pipeline/resume_of"
 ATTEMPT_TAG = "doc_pipeline/attempt"
 
@@ -71,3 +74,17 @@ def stale_run_reaper(
             for resume in resumes
         ]
     )
+
+
+# Dagster's default automation sensor starts STOPPED; this one runs from the start.
+connections_automation = AutomationConditionSensorDefinition(
+    "connections_automation",
+    target=AssetSelection.assets("connections"),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=int(os.environ.get(AUTOMATION_INTERVAL_ENV, "30")),
+    run_tags={"dagster/max_runtime": str(MAX_RUNTIME_SECONDS)},
+    description=(
+        "Connects a document to the others once its embeddings are new (the `connections` "
+        "asset's eager condition): one run per document, never while one is queued or running."
+    ),
+)

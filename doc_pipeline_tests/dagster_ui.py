@@ -27,9 +27,14 @@ mutation Launch($params: ExecutionParams!) {
 
 
 def launch_document_run(
-    port: int, ui: subprocess.Popen, document_id: str, run_config: dict | None = None
+    port: int,
+    ui: subprocess.Popen,
+    document_id: str,
+    run_config: dict | None = None,
+    assets: list[str] | None = None,
 ) -> str:
-    """Wait for the webserver, launch `document_job` for the document's partition; its run id."""
+    """Wait for the webserver, launch `document_job` (or the named assets of it) for the
+    document's partition; its run id."""
     nodes = wait_for_graphql(port, LOCATIONS, ui, timeout=300)["repositoriesOrError"]["nodes"]
     (repository,) = nodes
     params = {
@@ -37,6 +42,7 @@ def launch_document_run(
             "repositoryLocationName": repository["location"]["name"],
             "repositoryName": repository["name"],
             "jobName": "document_job",
+            **({"assetSelection": [{"path": [name]} for name in assets]} if assets else {}),
         },
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": document_id}]},
         "runConfigData": run_config or {},

@@ -1,17 +1,24 @@
 import time
 
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, MetadataValue, asset
 
-from doc_pipeline.core.semantic import CONNECTION_TYPE, find_semantic_edges
+from doc_pipeline.core.semantic import CONNECTION_TYPE
 from doc_pipeline.core.stages import tracked_stage
-from doc_pipeline.db import store
+from doc_pipeline.db.connecting import connect_document
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
-@asset(partitions_def=documents_partitions, group_name="documents")
+# Materialized by the `connections_automation` sensor once the document's embeddings are new, in
+# a run of its own: the document is usable (`embedded`) before its connections exist, and a
+# failure here never fails the document run. Eager never starts one while another is in flight.
+@asset(
+    partitions_def=documents_partitions,
+    group_name="documents",
+    automation_condition=AutomationCondition.eager(),
+)
 def connections(
     context: AssetExecutionContext,
     embeddings: dict,
@@ -27,13 +34,11 @@ def connections(
     with (
         liveness.heartbeat(context, app_database),
         tracked_stage(engine, document_id, "connecting", "connected"),
-        engine.begin() as conn,
     ):
-        store.lock_document(conn, document_id)
-        edges = find_semantic_edges(
-            conn, document_id, embeddings["model"], provider.semantic_config
+        connected = connect_document(
+            engine, document_id, embeddings["model"], provider.semantic_config
         )
-        counts = store.write_connections(conn, document_id, CONNECTION_TYPE, edges)
+    edges, counts = connected.edges, connected.counts
     strongest = sorted(edges, key=lambda edge: edge.strength, reverse=True)[:10]
     table = "\n".join(
         ["| source chunk | target chunk | strength |", "|---|---|---|"]
@@ -43,6 +48,8 @@ def connections(
         {
             "connections": MetadataValue.int(len(edges)),
             **{f"rows_{k}": MetadataValue.int(v) for k, v in counts.as_dict().items()},
+            # Edges to chunks another document's re-processing removed while this step ran.
+            "rows_skipped": MetadataValue.int(counts.skipped),
             "strongest": MetadataValue.md(table),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
         }

@@ -53,6 +53,7 @@ class WriteCounts:
     updated: int = 0
     deleted: int = 0
     unchanged: int = 0
+    skipped: int = 0  # edges to chunks that another document's re-processing removed meanwhile
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -213,6 +214,39 @@ def document_details(engine: Engine, document_id: str) -> dict[str, Any]:
     }
 
 
+_CONNECTIONS_OF_DOCUMENT = sa.text(
+    """
+    SELECT own.id AS chunk_id, k.target_chunk_id AS other_chunk_id,
+           other.document_id AS other_document_id, k.connection_type, k.strength,
+           k.metadata, 'found from this chunk' AS found
+    FROM connections k
+    JOIN chunks own ON own.id = k.source_chunk_id
+    JOIN chunks other ON other.id = k.target_chunk_id
+    WHERE own.document_id = :doc
+    UNION ALL
+    SELECT own.id, k.source_chunk_id, other.document_id, k.connection_type, k.strength,
+           k.metadata, 'found from the other chunk'
+    FROM connections k
+    JOIN chunks own ON own.id = k.target_chunk_id
+    JOIN chunks other ON other.id = k.source_chunk_id
+    WHERE own.document_id = :doc
+    ORDER BY chunk_id, strength DESC, other_chunk_id
+    """
+)
+
+
+def connections_of_document(engine: Engine, document_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Each chunk's connections in both directions, strongest first: those its document's run
+    found, and those found later from other documents' chunks (book B arriving after book A
+    shows in A's chunks without reprocessing A)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(_CONNECTIONS_OF_DOCUMENT, {"doc": document_id}).mappings():
+            record = dict(row)
+            found.setdefault(record.pop("chunk_id"), []).append(record)
+    return found
+
+
 def count_connections(conn: sa.Connection, document_id: str) -> int:
     """Connections that touch the document, whichever side it is on."""
     own = sa.select(Chunk.id).where(Chunk.document_id == document_id)
@@ -272,6 +306,13 @@ def write_chunks(
             if cid in existing and any(existing[cid][f] != row[f] for f in _CHUNK_FIELDS)
         ]
         if vanished:  # cascades to their embeddings and connections
+            # Row locks in id order, as connection writes take theirs: no lock cycles.
+            conn.execute(
+                sa.select(table.c.id)
+                .where(table.c.id.in_(vanished))
+                .order_by(table.c.id)
+                .with_for_update()
+            )
             conn.execute(sa.delete(table).where(table.c.id.in_(vanished)))
         if inserts:
             conn.execute(sa.insert(table), inserts)
@@ -407,8 +448,6 @@ def write_connections(
         )
     }
     vanished = [existing[key].id for key in existing if key not in edges]
-    if vanished:
-        conn.execute(sa.delete(table).where(table.c.id.in_(vanished)))
     changed = [
         edge
         for key, edge in edges.items()
@@ -419,12 +458,14 @@ def write_connections(
     rows = []
     if changed:
         # Lock the chunks the edges point at so a concurrent re-chunk cannot delete them between
-        # this check and the insert; edges to chunks already gone are dropped.
+        # this check and the insert; edges to chunks already gone are dropped. Locked before any
+        # connection row is touched, in id order like re-chunking's deletes: no lock cycles.
         ids = {e.source_chunk_id for e in changed} | {e.target_chunk_id for e in changed}
         live = set(
             conn.scalars(
                 sa.select(Chunk.id)
                 .where(Chunk.id.in_(ids))
+                .order_by(Chunk.id)
                 .with_for_update(read=True, key_share=True)  # FOR KEY SHARE
             )
         )
@@ -439,6 +480,8 @@ def write_connections(
             for e in changed
             if e.source_chunk_id in live and e.target_chunk_id in live
         ]
+    if vanished:
+        conn.execute(sa.delete(table).where(table.c.id.in_(vanished)))
     if rows:
         statement = insert(table)
         statement = statement.on_conflict_do_update(
@@ -452,4 +495,5 @@ def write_connections(
         updated=len(rows) - inserted,
         deleted=len(vanished),
         unchanged=len(edges) - len(changed),
+        skipped=len(changed) - len(rows),
     )
