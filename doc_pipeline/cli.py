@@ -369,12 +369,13 @@ def ui(
     provider: ProviderOption = None,
 ) -> None:
     """Start `dagster dev` (webserver and daemon) on this project's instance and database."""
-    from doc_pipeline.instance import dagster_environment
+    from doc_pipeline.instance import dagster_environment, open_instance
 
     _choose_provider(provider)
     settings = _settings()
     env = {**os.environ, **dagster_environment(settings)}
     _app_engine()
+    open_instance(settings).dispose()  # creates the instance's storage and the `ai` pool
     command = [
         sys.executable,
         "-m",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.db.server import DAGSTER_URL_ENV, database_urls
 from doc_pipeline.settings import HOME_ENV, Settings
 
@@ -35,4 +36,24 @@ def dagster_environment(settings: Settings) -> dict[str, str]:
 
 def open_instance(settings: Settings) -> DagsterInstance:
     os.environ.update(dagster_environment(settings))
-    return DagsterInstance.get()
+    instance = DagsterInstance.get()
+    ensure_ai_pool(instance)
+    return instance
+
+
+def ensure_ai_pool(instance: DagsterInstance) -> None:
+    """Create the `ai` pool's limit (dagster.yaml's default) before a run needs it. Dagster
+    creates it when a step first claims a slot, and two runs doing that at once on Postgres
+    fail one of them with a unique violation; here a racing creator is harmless."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits or _has_ai_pool(instance):
+        return
+    try:
+        storage.initialize_concurrency_limit_to_default(AI_POOL)
+    except Exception:
+        if not _has_ai_pool(instance):
+            raise
+
+
+def _has_ai_pool(instance: DagsterInstance) -> bool:
+    return any(pool.name == AI_POOL for pool in instance.event_log_storage.get_pool_limits())

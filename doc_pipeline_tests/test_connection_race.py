@@ -17,12 +17,12 @@ from doc_pipeline.core.epub import epub_to_markdown
 from doc_pipeline.core.lexical_embedding import MODEL_NAME, embed_texts
 from doc_pipeline.core.semantic import SemanticConfig
 from doc_pipeline.db import migrate, store
-from doc_pipeline.db.connecting import connect_document
+from doc_pipeline.db.connecting import Engines, connect_document
 from doc_pipeline_tests.conftest import CORPUS, create_database
 
 ROUNDS = 50
 A, B = "a" * 16, "b" * 16  # document ids
-SEMANTIC = SemanticConfig(min_similarity=0.0, top_k=5)
+ENGINES = Engines(semantic=SemanticConfig(min_similarity=0.0, top_k=5))
 # B's two versions: the same book chunked to two sizes, so most chunk ids differ between them.
 B_VERSIONS = (ChunkingConfig(min_words=300, max_words=700), ChunkingConfig())
 
@@ -103,7 +103,7 @@ def test_connecting_a_while_b_is_reprocessed_never_fails_and_ends_consistent(eng
 
         def connect_a(start=start):
             start.wait()
-            skipped.append(connect_document(engine, A, MODEL_NAME, SEMANTIC).counts.skipped)
+            skipped.append(connect_document(engine, A, MODEL_NAME, ENGINES).counts.skipped)
 
         threads = [
             threading.Thread(target=_collecting(errors, f)) for f in (reprocess_b, connect_a)
@@ -120,7 +120,7 @@ def test_connecting_a_while_b_is_reprocessed_never_fails_and_ends_consistent(eng
 
     # The end state is the one a quiet run computes: connecting A again changes nothing
     # but the edges to B's chunks that arrived after A's last detection.
-    again = connect_document(engine, A, MODEL_NAME, SEMANTIC)
+    again = connect_document(engine, A, MODEL_NAME, ENGINES)
     assert again.counts.deleted == 0 and again.counts.updated == 0
     with engine.connect() as conn:
         targets = (
@@ -156,7 +156,7 @@ def test_connections_between_unchanged_chunks_survive_reprocessing_and_removed_o
     _write_version(engine, A, _chunks(A, book_a, ChunkingConfig()))
     before = _chunks(B, book_b, ChunkingConfig())
     _write_version(engine, B, before)
-    connect_document(engine, A, MODEL_NAME, SEMANTIC)
+    connect_document(engine, A, MODEL_NAME, ENGINES)
     with engine.connect() as conn:
         edges = {
             (row.source_chunk_id, row.target_chunk_id): (row.id, row.xmin)

@@ -109,6 +109,16 @@ class BridgeRequest:
     pairs: tuple[CandidatePair, ...]
 
 
+@dataclass(frozen=True)
+class JudgedBridges:
+    """What the judge made of a document's requests: the edges, and the requests whose answer
+    was unusable (blocked, truncated, not of the schema), which are reported, not retried: the
+    ledger would give the same answer again."""
+
+    edges: list[Edge]
+    unusable: list[str]  # one reason per unusable request
+
+
 # --- candidates -----------------------------------------------------------------------------
 
 

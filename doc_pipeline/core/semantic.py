@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -18,7 +19,9 @@ INDEXED_DIMENSIONS = 768
 # cosine distance so that the planner walks the HNSW index.
 NEAREST_OTHER_DOCUMENTS = sa.text(
     f"""
-    SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity
+    SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity,
+           CASE WHEN jsonb_typeof(t.metadata -> 'importance') = 'number'
+                THEN (t.metadata ->> 'importance')::float END AS target_importance
     FROM embeddings s
     CROSS JOIN LATERAL (
         SELECT o.chunk_id,
@@ -31,6 +34,7 @@ NEAREST_OTHER_DOCUMENTS = sa.text(
                  <=> s.embedding::vector({INDEXED_DIMENSIONS})
         LIMIT :top_k
     ) n
+    JOIN chunks t ON t.id = n.chunk_id
     WHERE s.document_id = :document_id AND s.model = :model
       AND s.dimensions = {INDEXED_DIMENSIONS}
     """
@@ -42,6 +46,9 @@ class SemanticConfig:
     min_similarity: float  # depends on the embedder: lexical vectors of two books rarely pass 0.2
     top_k: int = 5
     ef_search: int = 100
+    # Strength = similarity, blended with the target chunk's importance where the chunker
+    # gave one: (1 - w) * similarity + w * importance.
+    importance_weight: float = 0.2
 
 
 def find_semantic_edges(
@@ -59,13 +66,23 @@ def find_semantic_edges(
     edges = []
     for row in rows:
         similarity = min(1.0, max(0.0, float(row.similarity)))
-        if similarity >= config.min_similarity:
-            edges.append(
-                Edge(
-                    source_chunk_id=row.source,
-                    target_chunk_id=row.target,
-                    strength=round(similarity, 6),
-                    metadata={"similarity": round(similarity, 6), "model": model},
-                )
+        if similarity < config.min_similarity:
+            continue
+        metadata = {"similarity": round(similarity, 6), "model": model}
+        strength = similarity
+        importance = row.target_importance
+        if importance is not None and math.isfinite(importance):
+            importance = min(1.0, max(0.0, importance))
+            strength = (1 - config.importance_weight) * similarity + (
+                config.importance_weight * importance
             )
+            metadata["target_importance"] = round(importance, 6)
+        edges.append(
+            Edge(
+                source_chunk_id=row.source,
+                target_chunk_id=row.target,
+                strength=round(strength, 6),
+                metadata=metadata,
+            )
+        )
     return edges

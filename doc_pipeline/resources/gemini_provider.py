@@ -24,6 +24,13 @@ from pydantic import PrivateAttr
 
 from doc_pipeline.core import ai_chunking
 from doc_pipeline.core.ai_chunking import MalformedAnswer, SafetyBlocked, Window
+from doc_pipeline.core.bridges import (
+    BridgeConfig,
+    BridgeRequest,
+    JudgedBridges,
+    MalformedJudgements,
+    parse_judgements,
+)
 from doc_pipeline.core.chunking import TextChunk
 from doc_pipeline.core.ledger import AIAnswer, AIRequest, LedgerScope, Usage
 from doc_pipeline.resources.provider import Provider
@@ -66,6 +73,7 @@ class GeminiProvider(Provider):
     `gemini-embedding-001`. Prices are USD per million tokens."""
 
     chunking_model: str = "gemini-2.5-flash"
+    bridge_model: str = "gemini-2.5-flash"  # judges thematic bridges between documents
     embedding_model_name: str = "gemini-embedding-001"
     dimensions: int = 768
     document_type: str = "non-fiction"
@@ -195,9 +203,44 @@ class GeminiProvider(Provider):
         anchored, _refused = ai_chunking.anchor_chunks(markdown, window, items)
         return anchored
 
-    def _generate(self, prompt: str, config: dict[str, Any]) -> AIAnswer:
+    # -- thematic bridges -------------------------------------------------------------------
+
+    @property
+    def bridge_judge(self) -> str | None:
+        return self.bridge_model
+
+    def judge_bridges(
+        self, requests: list[BridgeRequest], scope: LedgerScope, config: BridgeConfig
+    ) -> JudgedBridges:
+        edges, unusable = [], []
+        for number, bridge in enumerate(requests, start=1):
+            prompt, config = bridge.request.payload["prompt"], bridge.request.payload["config"]
+            result = scope.call(
+                bridge.request,
+                lambda prompt=prompt, config=config, number=number: self._with_retries(
+                    lambda: self._generate(prompt, config, model=self.bridge_model),
+                    f"judging bridge candidates ({number} of {len(requests)})",
+                ),
+            )
+            finish_reason = result.response.get("finish_reason")
+            try:
+                if finish_reason in BLOCKED_FINISH_REASONS:
+                    raise MalformedJudgements("blocked", f"the model refused ({finish_reason})")
+                edges.extend(
+                    parse_judgements(
+                        result.response.get("text"),
+                        bridge.pairs,
+                        config,
+                        finish_reason=finish_reason,
+                    )
+                )
+            except MalformedJudgements as problem:
+                unusable.append(f"request {number}: {problem}")
+        return JudgedBridges(edges, unusable)
+
+    def _generate(self, prompt: str, config: dict[str, Any], model: str | None = None) -> AIAnswer:
         response = self.client.models.generate_content(
-            model=self.chunking_model,
+            model=model or self.chunking_model,
             contents=prompt,
             config=types.GenerateContentConfig(**config),
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from dagster import ConfigurableResource
 
+from doc_pipeline.core.bridges import BridgeConfig, BridgeRequest, JudgedBridges
 from doc_pipeline.core.chunking import TextChunk
 from doc_pipeline.core.epub import ExtractedBook, epub_to_markdown
 from doc_pipeline.core.ledger import LedgerScope
@@ -19,6 +20,8 @@ class Provider(ConfigurableResource):
     connection_top_k: int = 5
     # Minimum cosine similarity of a semantic connection; it depends on the embedder.
     connection_min_similarity: float = 0.5
+    # How much a target chunk's importance (from the AI chunker) adds to a connection's strength.
+    connection_importance_weight: float = 0.2
     embedding_batch_size: int = 100
 
     @property
@@ -50,7 +53,20 @@ class Provider(ConfigurableResource):
         raise NotImplementedError
 
     @property
+    def bridge_judge(self) -> str | None:
+        """The model that judges thematic bridges, or None when this provider has none."""
+        return None
+
+    def judge_bridges(
+        self, requests: list[BridgeRequest], scope: LedgerScope, config: BridgeConfig
+    ) -> JudgedBridges:
+        """The bridge edges the model found in each request's pairs (through the ledger)."""
+        raise NotImplementedError
+
+    @property
     def semantic_config(self) -> SemanticConfig:
         return SemanticConfig(
-            top_k=self.connection_top_k, min_similarity=self.connection_min_similarity
+            top_k=self.connection_top_k,
+            min_similarity=self.connection_min_similarity,
+            importance_weight=self.connection_importance_weight,
         )
