@@ -214,11 +214,13 @@ class GeminiProvider(Provider):
     ) -> JudgedBridges:
         edges, unusable = [], []
         for number, bridge in enumerate(requests, start=1):
-            prompt, config = bridge.request.payload["prompt"], bridge.request.payload["config"]
+            payload = bridge.request.payload
             result = scope.call(
                 bridge.request,
-                lambda prompt=prompt, config=config, number=number: self._with_retries(
-                    lambda: self._generate(prompt, config, model=self.bridge_model),
+                lambda payload=payload, number=number: self._with_retries(
+                    lambda: self._generate(
+                        payload["prompt"], payload["config"], model=self.bridge_model
+                    ),
                     f"judging bridge candidates ({number} of {len(requests)})",
                 ),
             )
