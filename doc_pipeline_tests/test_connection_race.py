@@ -186,3 +186,31 @@ def test_connections_between_unchanged_chunks_survive_reprocessing_and_removed_o
     expected = {key: value for key, value in edges.items() if key[1] not in removed}
     assert after == expected  # the same rows, not rewritten; those to removed chunks are gone
     assert most_connected in removed and len(after) == len(edges) - targets[most_connected]
+
+
+def test_a_failed_connection_write_fails_and_leaves_the_previous_connections(engine):
+    book_a = epub_to_markdown(CORPUS / "epub" / "se-abbott-flatland.epub3.epub").markdown
+    book_b = epub_to_markdown(CORPUS / "epub" / "pg1661-sherlock-holmes.epub2.epub").markdown
+    _register(engine, A)
+    _register(engine, B)
+    _write_version(engine, A, _chunks(A, book_a, ChunkingConfig()))
+    _write_version(engine, B, _chunks(B, book_b, ChunkingConfig()))
+    connect_document(engine, A, MODEL_NAME, ENGINES)
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("SELECT id, xmin::text FROM connections")).all()
+    # The next write fails half-way (a trigger raises on the first changed row) ...
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+                " CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON connections"
+                " FOR EACH ROW EXECUTE FUNCTION refuse();"
+            )
+        )
+    more = Engines(semantic=SemanticConfig(min_similarity=0.0, top_k=8))
+    with pytest.raises(sa.exc.DBAPIError, match="disk full"):
+        connect_document(engine, A, MODEL_NAME, more)
+    # ... and nothing of it stays: the step fails, the previous connections are intact.
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, xmin::text FROM connections")).all() == before
