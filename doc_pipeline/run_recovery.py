@@ -27,6 +27,8 @@ from doc_pipeline.db import store
 
 # Failed runs older than this are not looked at again: the reaper has decided about them.
 LOOKBACK = timedelta(days=1)
+# A job's (or run's) own stale limit, in minutes, instead of `liveness.stale_after_minutes`.
+STALE_AFTER_TAG = "doc_pipeline/stale_after_minutes"
 ASSET_ORDER = [key for asset in document_assets for key in asset.keys]
 
 
@@ -60,6 +62,7 @@ def reap_dead_runs(
                 last_beat=beat.beat_at if beat else None,
                 beat_host=beat.host if beat else None,
                 beat_pid=beat.pid if beat else None,
+                stale_after=_stale_after_tag(run.tags.get(STALE_AFTER_TAG)),
             )
         )
     verdicts = dead_runs(
@@ -81,6 +84,14 @@ def reap_dead_runs(
                 engine, verdict.document_id, TRANSIENT, f"{message}; a retry resumes it"
             )
     return len(runs), verdicts
+
+
+def _stale_after_tag(value: str | None) -> timedelta | None:
+    try:
+        minutes = float(value) if value else 0.0
+    except ValueError:
+        return None  # a malformed tag falls back to the default rather than stopping the reaper
+    return timedelta(minutes=minutes) if minutes > 0 else None
 
 
 @dataclass(frozen=True)

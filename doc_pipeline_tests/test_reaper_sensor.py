@@ -34,7 +34,9 @@ def instance_and_engine(postgres_server, tmp_path, monkeypatch):
     engine.dispose()
 
 
-def _started_run(instance, engine, document_id: str, *, pid: int, beat_minutes_ago: float):
+def _started_run(
+    instance, engine, document_id: str, *, pid: int, beat_minutes_ago: float, tags=None
+):
     store.register_document(
         engine,
         document_id=document_id,
@@ -45,7 +47,7 @@ def _started_run(instance, engine, document_id: str, *, pid: int, beat_minutes_a
     run = instance.create_run_for_job(
         job_def=document_job(),
         status=DagsterRunStatus.STARTED,
-        tags={"dagster/partition": document_id},
+        tags={"dagster/partition": document_id, **(tags or {})},
     )
     beat = datetime.now(UTC) - timedelta(minutes=beat_minutes_ago)
     with engine.begin() as conn:
@@ -90,6 +92,15 @@ def test_reaps_dead_and_silent_runs_and_leaves_live_ones(instance_and_engine):
     silent = _started_run(instance, engine, "silentworker001", pid=os.getpid(), beat_minutes_ago=45)
     # Alive: blocked in one long call for 20 minutes, its heartbeat a minute old.
     alive = _started_run(instance, engine, "aliveworker0001", pid=os.getpid(), beat_minutes_ago=1)
+    # Silent for 45 minutes, but its job allows an hour.
+    patient = _started_run(
+        instance,
+        engine,
+        "patientworker01",
+        pid=os.getpid(),
+        beat_minutes_ago=45,
+        tags={"doc_pipeline/stale_after_minutes": "60"},
+    )
 
     # A dead run holds a slot of the AI pool; the reaper gives it back.
     instance.event_log_storage.set_concurrency_slots(AI_POOL, 1)
@@ -98,12 +109,13 @@ def test_reaps_dead_and_silent_runs_and_leaves_live_ones(instance_and_engine):
 
     # (A long backoff: resuming them is the next tests' subject.)
     result = stale_run_reaper(_context(instance, initial_backoff_seconds=3600))
-    assert "3 started run(s) checked, 2 failed as dead" in result.skip_message
+    assert "4 started run(s) checked, 2 failed as dead" in result.skip_message
     assert instance.event_log_storage.get_concurrency_info(AI_POOL).claimed_slots == []
 
     assert instance.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE
     assert instance.get_run_by_id(silent.run_id).status == DagsterRunStatus.FAILURE
     assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
+    assert instance.get_run_by_id(patient.run_id).status == DagsterRunStatus.STARTED
     dead_document = store.get_document(engine, "deadworker00001")
     assert dead_document["stage"] == "failed" and dead_document["error_class"] == "transient"
     assert "is gone" in dead_document["error_message"]

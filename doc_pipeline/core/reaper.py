@@ -23,6 +23,7 @@ class StartedRun:
     last_beat: datetime | None  # newest heartbeat of any of its steps
     beat_host: str | None  # where that heartbeat came from
     beat_pid: int | None
+    stale_after: timedelta | None = None  # this run's own limit (a job or run tag), if any
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ def dead_runs(
     pid_alive: Callable[[int], bool],
 ) -> list[Verdict]:
     verdicts = []
+    default_stale_after = stale_after
     for run in runs:
+        stale_after = run.stale_after or default_stale_after
         reason = None
         if run.beat_host == this_host and run.beat_pid is not None and not pid_alive(run.beat_pid):
             reason = f"its run worker (pid {run.beat_pid} on {this_host}) is gone"

@@ -38,3 +38,26 @@ def test_a_worker_on_another_host_is_judged_by_its_heartbeat_only():
 def test_a_run_that_never_beat_gets_the_stale_period_from_its_start():
     assert _judge(_run("young", started_minutes_ago=5)) == {}
     assert "never sent a heartbeat" in _judge(_run("old", started_minutes_ago=45))["old"]
+
+
+def test_a_job_can_allow_its_runs_a_longer_silence():
+    patient = StartedRun(
+        "slow",
+        "doc",
+        NOW - timedelta(hours=2),
+        NOW - timedelta(minutes=45),
+        "here",
+        10,
+        stale_after=timedelta(minutes=60),
+    )
+    assert _judge(patient, _run("other", beat_minutes_ago=45)).keys() == {"other"}
+    late = StartedRun(
+        "late",
+        "doc",
+        NOW - timedelta(hours=2),
+        NOW - timedelta(minutes=61),
+        "here",
+        10,
+        stale_after=timedelta(minutes=60),
+    )
+    assert "stale after 60 min" in _judge(late)["late"]
