@@ -11,7 +11,8 @@ from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.local_provider import LocalProvider
 from doc_pipeline.resources.recovery import Recovery
 from doc_pipeline.resources.source_store import SourceStore
-from doc_pipeline.sensors import connections_automation, stale_run_reaper
+from doc_pipeline.resources.uploads import Uploads
+from doc_pipeline.sensors import connections_automation, stale_run_reaper, uploads_sensor
 from doc_pipeline.settings import Settings
 
 PROVIDERS = {"local": LocalProvider, "gemini": GeminiProvider}
@@ -19,7 +20,7 @@ PROVIDERS = {"local": LocalProvider, "gemini": GeminiProvider}
 defs = Definitions(
     assets=document_assets,
     jobs=[document_job],
-    sensors=[stale_run_reaper, connections_automation],
+    sensors=[uploads_sensor, stale_run_reaper, connections_automation],
     # Runs the automation sensor starts use it too (see jobs.py for why in-process).
     executor=in_process_executor,
     resources={
@@ -29,5 +30,6 @@ defs = Definitions(
         "provider": PROVIDERS[Settings.provider()](),
         "liveness": Liveness(),
         "recovery": Recovery(),
+        "uploads": Uploads(),
     },
 )

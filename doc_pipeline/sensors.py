@@ -1,11 +1,14 @@
-"""Sensors: the stale-run reaper, and the automation that connects embedded documents."""
+"""Sensors: uploads, the stale-run reaper, and the automation that connects embedded documents."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
 
 from dagster import (
+    AssetKey,
     AssetSelection,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
@@ -16,16 +19,28 @@ from dagster import (
     sensor,
 )
 
+from doc_pipeline.core.registration import register_file
+from doc_pipeline.core.uploads import look
+from doc_pipeline.db import store
 from doc_pipeline.jobs import MAX_RUNTIME_SECONDS, document_job
+from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.recovery import Recovery
+from doc_pipeline.resources.source_store import SourceStore
+from doc_pipeline.resources.uploads import Uploads
 from doc_pipeline.run_recovery import failed_documents, reap_dead_runs
 
 REAPER_INTERVAL_ENV = "DOC_PIPELINE_REAPER_INTERVAL_SECONDS"
 AUTOMATION_INTERVAL_ENV = "DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS"
+UPLOADS_INTERVAL_ENV = "DOC_PIPELINE_UPLOADS_INTERVAL_SECONDS"
+# An uploaded document's run stops at embeddings: the connections automation takes it from there.
+UP_TO_EMBEDDINGS = [
+    AssetKey(name) for name in ("source_document", "extracted_markdown", "chunks", "embeddings")
+]
 RESUME_OF_TAG = "doc_pipeline/resume_of"
 ATTEMPT_TAG = "doc_pipeline/attempt"
+UPLOAD_TAG = "doc_pipeline/upload"  # the uploaded file's name
 
 
 @sensor(
@@ -88,3 +103,67 @@ connections_automation = AutomationConditionSensorDefinition(
         "asset's eager condition): one run per document, never while one is queued or running."
     ),
 )
+
+
+@sensor(
+    name="uploads",
+    job=document_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=int(os.environ.get(UPLOADS_INTERVAL_ENV, "15")),
+    description=(
+        "Registers files dropped into the uploads location (`uploads.url`, by default "
+        "$DOC_PIPELINE_HOME/uploads) once they are completely written, by content hash: the "
+        "same file twice is one document, a changed file a new one. Requests one run per new "
+        "document (run key = content hash); a file that is not a book fails that run as invalid "
+        "input, once."
+    ),
+)
+def uploads_sensor(
+    context: SensorEvaluationContext,
+    app_database: AppDatabase,
+    source_store: SourceStore,
+    uploads: Uploads,
+) -> SensorResult | SkipReason:
+    seen = look(
+        uploads.listing(),
+        json.loads(context.cursor) if context.cursor else {},
+        now=datetime.now(UTC),
+        settle=timedelta(seconds=uploads.settle_seconds),
+    )
+    engine = app_database.engine
+    requests, new_partitions = [], []
+    for file in seen.ready:
+        try:
+            with uploads.local_copy(file.path) as local:
+                registered = register_file(engine, source_store.blob_dir, local)
+        except FileNotFoundError:
+            context.log.info(f"{file.path}: removed before it could be read")
+            seen.state.pop(file.path, None)
+            continue
+        document = store.get_document(engine, registered.document_id)
+        if not registered.is_new and document["stage"] != "pending":
+            context.log.info(
+                f"{file.path}: the same content as document {registered.document_id} "
+                f"({document['source_file']}, {document['stage']}); nothing to do"
+            )
+            continue
+        context.log.info(f"{file.path}: document {registered.document_id}")
+        new_partitions.append(registered.document_id)
+        requests.append(
+            RunRequest(
+                run_key=f"upload-{registered.content_sha256}",
+                partition_key=registered.document_id,
+                asset_selection=UP_TO_EMBEDDINGS,
+                tags={UPLOAD_TAG: PurePosixPath(file.path).name[:200]},
+            )
+        )
+    cursor = json.dumps(seen.state, sort_keys=True)
+    if not requests:
+        waiting = f", {len(seen.waiting)} still being written" if seen.waiting else ""
+        context.update_cursor(cursor)
+        return SkipReason(f"no new books in {uploads.location()}{waiting}")
+    return SensorResult(
+        run_requests=requests,
+        cursor=cursor,
+        dynamic_partitions_requests=[documents_partitions.build_add_request(new_partitions)],
+    )

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+UPLOADS_URL_ENV = "DOC_PIPELINE_UPLOADS_URL"
 HOME_ENV = "DOC_PIPELINE_HOME"
 DATABASE_URL_ENV = "DATABASE_URL"
 DEFAULT_HOME = Path(".doc_pipeline")
@@ -55,6 +56,12 @@ class Settings:
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+    @property
+    def uploads_url(self) -> str:
+        """Where the uploads sensor looks: DOC_PIPELINE_UPLOADS_URL (any fsspec URL), else
+        the home's `uploads` folder."""
+        return os.environ.get(UPLOADS_URL_ENV) or str(self.uploads_dir)
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.blob_dir, self.dagster_home, self.uploads_dir):

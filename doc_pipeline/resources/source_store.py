@@ -15,6 +15,9 @@ class SourceStore(ConfigurableResource):
 
     base_dir: str | None = None
 
+    @property
+    def blob_dir(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else Settings.from_env().blob_dir
+
     def path_for(self, document_id: str, source_file: str) -> Path:
-        base_dir = Path(self.base_dir) if self.base_dir else Settings.from_env().blob_dir
-        return stored_source_path(base_dir, document_id, source_file)
+        return stored_source_path(self.blob_dir, document_id, source_file)
