@@ -1,0 +1,65 @@
+"""Dropping books into `uploads/` with `doc-pipeline ui` running is all a user does: each book
+ends connected, and a file that is not a book fails once, as invalid input, with the reason."""
+
+from __future__ import annotations
+
+import shutil
+
+from doc_pipeline.db import store
+from doc_pipeline.ingest import prepare_app_database
+from doc_pipeline.instance import open_instance
+from doc_pipeline.settings import Settings
+from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
+from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
+
+BOOKS = [
+    CORPUS / "epub" / "se-abbott-flatland.epub3.epub",
+    CORPUS / "epub" / "pg1661-sherlock-holmes.epub2.epub",
+]
+
+
+def test_books_dropped_into_uploads_end_connected(postgres_server, tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
+    monkeypatch.setenv("DOC_PIPELINE_PROVIDER", "local")
+    monkeypatch.setenv("DOC_PIPELINE_UPLOADS_INTERVAL_SECONDS", "2")
+    monkeypatch.setenv("DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS", "2")
+    settings = Settings.from_env()
+    engine = prepare_app_database(settings)
+    uploads = settings.uploads_dir
+    uploads.mkdir(parents=True, exist_ok=True)
+
+    ui = start_ui(free_port(), tmp_path / "ui.log")
+    try:
+        for book in BOOKS:
+            shutil.copy(book, uploads / book.name)
+        (uploads / "holiday-photos.epub").write_bytes(b"\x89PNG not a book at all")
+
+        def settled():
+            documents = store.document_summaries(engine)
+            stages = sorted(d["stage"] for d in documents)
+            if stages != ["connected", "connected", "failed"]:
+                return None
+            with open_instance(settings) as instance:
+                if all(run.is_finished for run in instance.get_runs()):
+                    return documents
+            return None
+
+        documents = wait_until(settled, 400, "the uploads to be processed", interval=2)
+    finally:
+        stop_process_group(ui)
+
+    by_file = {d["source_file"]: d for d in documents}
+    junk = by_file["holiday-photos.epub"]
+    assert junk["error_class"] == "invalid_input" and "holiday-photos.epub" in junk["error_message"]
+    assert all(by_file[book.name]["connections"] > 0 for book in BOOKS)
+    with open_instance(settings) as instance:
+        runs = instance.get_runs()
+    per_document = {}
+    for run in runs:
+        per_document.setdefault(run.tags["dagster/partition"], []).append(run)
+    # The junk file was tried once and not retried; each book had its document run and its
+    # connections run.
+    assert len(per_document[junk["id"]]) == 1
+    for book in BOOKS:
+        assert len(per_document[by_file[book.name]["id"]]) == 2
+    engine.dispose()
