@@ -8,13 +8,18 @@ import subprocess
 import sys
 import threading
 from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from itertools import groupby
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from doc_pipeline.settings import Settings
 
@@ -92,6 +97,8 @@ def _resolve_document(engine, prefix: str) -> str:
 def _json_default(value):
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
@@ -188,6 +195,82 @@ def ingest(
                 f"[yellow]Marked earlier run {verdict.run_id[:8]} failed: {verdict.reason}."
                 "[/yellow]"
             )
+        _print_outcomes(outcomes)
+    if any(o.failed for o in outcomes):
+        raise typer.Exit(1)
+
+
+STAGE_ASSETS = ["source_document", "extracted_markdown", "chunks", "embeddings", "connections"]
+
+
+@app.command()
+def backfill(
+    asset: Annotated[
+        str, typer.Argument(help=f"The stage to materialize again: {', '.join(STAGE_ASSETS)}.")
+    ],
+    documents: Annotated[
+        list[str] | None,
+        typer.Argument(help="Document ids (or their first characters); or use --all."),
+    ] = None,
+    all_documents: Annotated[
+        bool, typer.Option("--all", help="Every registered document.")
+    ] = False,
+    downstream: Annotated[
+        bool, typer.Option("--downstream", help="Also the stages after it.")
+    ] = False,
+    as_json: JsonOption = False,
+    provider: ProviderOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A YAML (or JSON) file of Dagster run config for every run.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Materialize one stage again for some or all documents, one run per document, e.g. after
+    a change of prompt, model or chunker (the UI shows such stages as unsynced).
+
+    The AI ledger answers every request whose input did not change, so a backfill pays only for
+    what is new. Exits with status 1 if any document failed."""
+    from dagster import AssetKey
+
+    from doc_pipeline.db import store
+    from doc_pipeline.ingest import Ingestion
+
+    if asset not in STAGE_ASSETS:
+        err.print(f"[red]unknown stage {asset!r}; one of {', '.join(STAGE_ASSETS)}[/red]")
+        raise typer.Exit(2)
+    if all_documents == bool(documents):
+        err.print("[red]give document ids or --all (not both)[/red]")
+        raise typer.Exit(2)
+    _choose_provider(provider)
+    settings = _settings()
+    engine = _app_engine()
+    if all_documents:
+        ids = [row["id"] for row in store.document_summaries(engine)]
+    else:
+        ids = [_resolve_document(engine, prefix) for prefix in documents or []]
+    if not ids:
+        out.print("No documents yet. Add some with `doc-pipeline ingest PATH`.")
+        return
+    stages = STAGE_ASSETS[STAGE_ASSETS.index(asset) :] if downstream else [asset]
+
+    def finished(outcome) -> None:
+        if not as_json:
+            err.print(f"{outcome.document_id}: {', '.join(stages)} → {outcome.stage}")
+
+    ingestion = Ingestion(
+        settings,
+        run_config=_read_run_config(config) if config else {},
+        on_run_finished=finished,
+    )
+    outcomes = ingestion.rerun(ids, [AssetKey(stage) for stage in stages])
+    if as_json:
+        _print_json([o.as_dict() for o in outcomes])
+    else:
         _print_outcomes(outcomes)
     if any(o.failed for o in outcomes):
         raise typer.Exit(1)
@@ -336,6 +419,115 @@ def _print_details(details: dict) -> None:
         table.add_row(
             "last error", f"[red]{details['error_class']}[/red]: {details['error_message']}"
         )
+    out.print(table)
+
+
+class CostsBy(StrEnum):
+    """How `costs` splits each document's spend."""
+
+    stage = "stage"
+    run = "run"
+
+
+COSTS_HELP = (
+    "Show what the AI cost per document and stage, and what the AI ledger saved.\n\n"
+    "For each document (all, or those given by id or its first characters) and each stage "
+    "that calls the AI (chunks, embeddings, connections): requests paid, ledger hits (answered "
+    "from the ledger instead of paid again), failed calls, tokens of the paid requests "
+    "(prompt, output, thinking), USD paid and USD the hits saved, with a total row.\n\n"
+    "--by run splits each document's spend by the Dagster run that made the calls (oldest "
+    "first). --json prints an object with `rows` (one per table row, with full run ids, models "
+    "and first and last call times) and `total`."
+)
+_COSTS_SUMS = (
+    "paid_requests",
+    "ledger_hits",
+    "failed_calls",
+    "prompt_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cost_usd",
+    "saved_usd",
+)
+_COSTS_HEADERS = (
+    "paid",
+    "hits",
+    "failed",
+    "prompt\ntokens",
+    "output\ntokens",
+    "thinking\ntokens",
+    "paid\nUSD",
+    "saved\nUSD",
+)
+
+
+@app.command(help=COSTS_HELP)
+def costs(
+    documents: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Document ids (or their first characters). Default: all.", show_default=False
+        ),
+    ] = None,
+    by: Annotated[
+        CostsBy,
+        typer.Option(
+            "--by", help="stage: a row per document and stage; run: per document, run and stage."
+        ),
+    ] = CostsBy.stage,
+    as_json: JsonOption = False,
+) -> None:
+    """AI spend and ledger savings per document and stage (or run), from `ai_calls`."""
+    from doc_pipeline.db import store
+
+    engine = _app_engine()
+    ids = list(dict.fromkeys(_resolve_document(engine, d) for d in documents or ())) or None
+    rows = store.cost_breakdown(engine, ids, by_run=by is CostsBy.run)
+    total = {
+        name: sum((row[name] for row in rows), Decimal(0) if name.endswith("_usd") else 0)
+        for name in _COSTS_SUMS
+    }
+    if as_json:
+        _print_json({"by": by.value, "rows": rows, "total": total})
+        return
+    if not rows:
+        if by is CostsBy.run and (ids or store.document_summaries(engine)):
+            out.print("No AI calls in the ledger yet.")
+        else:
+            out.print("No documents yet. Add some with `doc-pipeline ingest PATH`.")
+        return
+    _print_costs(rows, total, by_run=by is CostsBy.run)
+    if not (total["paid_requests"] or total["ledger_hits"] or total["failed_calls"]):
+        out.print("No AI calls in the ledger yet (the `local` provider makes none).")
+
+
+def _print_costs(rows: list[dict], total: dict, *, by_run: bool) -> None:
+    """A row per document and stage (or run and stage); each document's title under its id."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("document", min_width=16)  # its cells never wrap: long titles are cut
+    table.add_column("stage", no_wrap=True)
+    if by_run:
+        table.add_column("run", no_wrap=True)
+    for header in _COSTS_HEADERS:
+        table.add_column(header, justify="right", overflow="fold")
+
+    def figures(values: dict) -> list[str]:
+        counts = [f"{values[name]:,}" for name in _COSTS_SUMS[:6]]
+        return [*counts, f"{values['cost_usd']:.6f}", f"{values['saved_usd']:.6f}"]
+
+    for document_id, grouped in groupby(rows, key=lambda row: row["document_id"]):
+        group = list(grouped)
+        title = group[0]["title"] or group[0]["source_file"] or "(not registered)"
+        labels = [Text(document_id or "(no document)"), Text(title, style="dim")]
+        if len(group) == 1:
+            labels = [Text("\n").join(labels)]
+        for i, row in enumerate(group):
+            label = labels[i] if i < len(labels) else Text()
+            label.no_wrap, label.overflow = True, "ellipsis"
+            run = [(row["run_id"] or "-")[:8]] if by_run else []
+            table.add_row(label, row["stage"] or "-", *run, *figures(row))
+        table.rows[-1].end_section = True
+    table.add_row("total", *[""] * (2 if by_run else 1), *figures(total), style="bold")
     out.print(table)
 
 

@@ -98,6 +98,25 @@ class Ingestion:
         self._fill_summaries(engine, outcomes)
         return outcomes
 
+    def rerun(self, document_ids: list[str], assets: list[AssetKey]) -> list[IngestOutcome]:
+        """Materialize the assets again for registered documents (`doc-pipeline backfill`):
+        one run per document; the AI ledger answers every request whose input is unchanged."""
+        engine = prepare_app_database(self.settings)
+        outcomes = []
+        with open_instance(self.settings) as instance:
+            stale_after = timedelta(minutes=Liveness().stale_after_minutes)
+            self.reaped = reap_dead_runs(instance, engine, stale_after)[1]
+            for document_id in document_ids:
+                document = store.get_document(engine, document_id)
+                outcome = IngestOutcome(
+                    source_file=document["source_file"], document_id=document_id
+                )
+                self.on_registered(outcome)
+                self._execute(instance, engine, outcome, assets)
+                outcomes.append(outcome)
+        self._fill_summaries(engine, outcomes)
+        return outcomes
+
     def _register(self, engine: Engine, files: list[Path]) -> list[IngestOutcome]:
         outcomes = []
         for path in files:

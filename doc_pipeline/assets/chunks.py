@@ -3,6 +3,7 @@ import time
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from doc_pipeline.assets import versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.assets.failures import user_facing_failures
 from doc_pipeline.concurrency import AI_POOL
@@ -16,7 +17,12 @@ from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
-@asset(partitions_def=documents_partitions, group_name="documents", pool=AI_POOL)
+@asset(
+    partitions_def=documents_partitions,
+    group_name="documents",
+    pool=AI_POOL,
+    code_version=versions.CHUNKS,
+)
 def chunks(
     context: AssetExecutionContext,
     extracted_markdown: dict,

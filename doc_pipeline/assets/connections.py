@@ -2,6 +2,7 @@ import time
 
 from dagster import AssetExecutionContext, AutomationCondition, Config, MetadataValue, asset
 
+from doc_pipeline.assets import versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.bridges import BridgeConfig
@@ -70,6 +71,7 @@ class ConnectionsConfig(Config):
     group_name="documents",
     automation_condition=AutomationCondition.eager(),
     pool=AI_POOL,
+    code_version=versions.CONNECTIONS,
 )
 def connections(
     context: AssetExecutionContext,

@@ -2,6 +2,7 @@ import time
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from doc_pipeline.assets import versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.stages import tracked_stage
@@ -12,7 +13,12 @@ from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
-@asset(partitions_def=documents_partitions, group_name="documents", pool=AI_POOL)
+@asset(
+    partitions_def=documents_partitions,
+    group_name="documents",
+    pool=AI_POOL,
+    code_version=versions.EMBEDDINGS,
+)
 def embeddings(
     context: AssetExecutionContext,
     chunks: dict,

@@ -3,6 +3,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from doc_pipeline.assets import versions
 from doc_pipeline.assets.failures import user_facing_failures
 from doc_pipeline.core.chunking import count_words
 from doc_pipeline.core.markdown_stats import preview
@@ -14,7 +15,11 @@ from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
 
 
-@asset(partitions_def=documents_partitions, group_name="documents")
+@asset(
+    partitions_def=documents_partitions,
+    group_name="documents",
+    code_version=versions.EXTRACTION,
+)
 def extracted_markdown(
     context: AssetExecutionContext,
     source_document: dict,

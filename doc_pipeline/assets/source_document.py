@@ -1,5 +1,6 @@
 from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
+from doc_pipeline.assets import versions
 from doc_pipeline.core.ids import file_sha256
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
@@ -7,7 +8,11 @@ from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.source_store import SourceStore
 
 
-@asset(partitions_def=documents_partitions, group_name="documents")
+@asset(
+    partitions_def=documents_partitions,
+    group_name="documents",
+    code_version=versions.SOURCE,
+)
 def source_document(
     context: AssetExecutionContext, app_database: AppDatabase, source_store: SourceStore
 ):

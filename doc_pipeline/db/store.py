@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -497,3 +498,86 @@ def write_connections(
         unchanged=len(edges) - len(changed),
         skipped=len(changed) - len(rows),
     )
+
+
+# --- AI ledger ---------------------------------------------------------------------------
+
+AI_STAGES = ("chunks", "embeddings", "connections")  # the stages that call the AI, in order
+_TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens")
+
+
+def _empty_costs() -> dict[str, Any]:
+    return {
+        "paid_requests": 0,
+        "ledger_hits": 0,
+        "failed_calls": 0,
+        **dict.fromkeys(_TOKEN_COLUMNS, 0),
+        "cost_usd": Decimal(0),
+        "saved_usd": Decimal(0),
+        "models": [],
+        "first_call_at": None,
+        "last_call_at": None,
+    }
+
+
+def cost_breakdown(
+    engine: Engine, document_ids: Sequence[str] | None = None, *, by_run: bool = False
+) -> list[dict[str, Any]]:
+    """AI spend per document and stage (and run, with `by_run`), from the ledger's calls.
+
+    Each row: requests paid, ledger hits, failed calls, tokens of the paid requests, USD paid,
+    USD the hits saved, models, first and last call. Without `by_run` every document has a row
+    per stage of AI_STAGES, zeros where it made no calls; with it, only groups that made calls.
+    Without `document_ids`: all documents, and calls of documents no longer registered."""
+    paid = AICall.outcome == "paid"
+    keys = [AICall.document_id, AICall.stage, *([AICall.run_id] if by_run else [])]
+    calls = sa.select(
+        *keys,
+        sa.func.count().filter(paid).label("paid_requests"),
+        sa.func.count().filter(AICall.outcome == "hit").label("ledger_hits"),
+        sa.func.count().filter(AICall.outcome == "failed").label("failed_calls"),
+        *(
+            sa.func.coalesce(sa.func.sum(getattr(AICall, name)).filter(paid), 0).label(name)
+            for name in _TOKEN_COLUMNS
+        ),
+        sa.func.coalesce(sa.func.sum(AICall.cost_usd), 0).label("cost_usd"),
+        sa.func.coalesce(sa.func.sum(AICall.saved_usd), 0).label("saved_usd"),
+        sa.func.array_agg(sa.distinct(AICall.model)).label("models"),
+        sa.func.min(AICall.created_at).label("first_call_at"),
+        sa.func.max(AICall.created_at).label("last_call_at"),
+    ).group_by(*keys)
+    documents = sa.select(Document.id, Document.title, Document.source_file).order_by(
+        Document.registered_at, Document.id
+    )
+    if document_ids is not None:
+        calls = calls.where(AICall.document_id.in_(document_ids))
+        documents = documents.where(Document.id.in_(document_ids))
+    with engine.connect() as conn:
+        known = {row.id: dict(row._mapping) for row in conn.execute(documents)}
+        groups = [dict(row) for row in conn.execute(calls).mappings()]
+    by_document: dict[str | None, list[dict[str, Any]]] = {doc: [] for doc in known}
+    for group in groups:
+        group["models"] = sorted(group["models"])
+        by_document.setdefault(group["document_id"], []).append(group)
+
+    def stage_order(stage: str | None) -> tuple[int, str]:
+        return (AI_STAGES.index(stage) if stage in AI_STAGES else len(AI_STAGES), stage or "")
+
+    rows: list[dict[str, Any]] = []
+    for document_id, found in by_document.items():  # registered first, then unregistered ones
+        document = known.get(document_id, {})
+        head = {
+            "document_id": document_id,
+            "title": document.get("title"),
+            "source_file": document.get("source_file"),
+        }
+        if by_run:
+            found.sort(key=lambda g: (g["first_call_at"], stage_order(g["stage"])))
+        else:
+            stages = {g["stage"] for g in found}
+            found += [
+                {"stage": stage, **_empty_costs()} for stage in AI_STAGES if stage not in stages
+            ]
+            found.sort(key=lambda g: stage_order(g["stage"]))
+        rows += [{**head, **{k: v for k, v in g.items() if k != "document_id"}} for g in found]
+    return rows
