@@ -81,6 +81,18 @@ def test_three_engines_connect_two_books_through_the_ledger(postgres_server, tmp
         assert bridge["source_domain"] != bridge["target_domain"]
         metadata = pipeline.materialization_metadata("connections")
         assert any("thematic_bridge_connections" in m for m in metadata)
+        # What a data engineer sees on each stage's materializations in the UI.
+        ai = {"ai_requests", "ai_ledger_hits", "ai_prompt_tokens", "ai_cost_usd"}
+        ai |= {"ai_cost_saved_usd", "seconds"}
+        wanted = {
+            "extracted_markdown": {"words", "chapters", "preview", "seconds"},
+            "chunks": {"chunks", "words_median", "rows_inserted"} | ai,
+            "embeddings": {"vectors", "dimensions", "embedded_now"} | ai,
+            "connections": {"connections", "strongest", "semantic_connections"} | ai,
+        }
+        for asset, keys in wanted.items():
+            for materialization in pipeline.materialization_metadata(asset):
+                assert keys <= set(materialization), (asset, keys - set(materialization))
 
         # Again: the same connections, and no request paid again.
         fake.clear_requests()
