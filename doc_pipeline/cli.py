@@ -372,14 +372,16 @@ def status(
         out.print("No documents yet. Add some with `doc-pipeline ingest PATH`.")
         return
     show_cost = any(row["ai_cost_usd"] for row in rows)
-    columns = ["document", "title", "stage", "chunks", "connections"]
+    columns = ["document", "title", "stage", "progress", "chunks", "embedded", "connections"]
     table = _documents_table(*columns, *(["AI $"] if show_cost else []))
     for row in rows:
         cells = [
             row["id"],
             row["title"] or row["source_file"],
             "[red]failed[/red]" if row["stage"] == "failed" else row["stage"],
+            _progress(row["stage"]),
             str(row["chunks"]),
+            f"{row['vectors']}/{row['chunks']}",
             str(row["connections"]),
         ]
         table.add_row(*cells, *([f"{row['ai_cost_usd']:.4f}"] if show_cost else []))
@@ -387,6 +389,25 @@ def status(
     for row in rows:
         if row["stage"] == "failed":
             out.print(f"[red]✗ {row['id']}[/red] ({row['error_class']}): {row['error_message']}")
+
+
+# Stages done when a document is at each stage (of extracted, chunked, embedded, connected).
+_STAGES_DONE = {
+    "pending": 0,
+    "extracting": 0,
+    "extracted": 1,
+    "chunking": 1,
+    "chunked": 2,
+    "embedding": 2,
+    "embedded": 3,
+    "connecting": 3,
+    "connected": 4,
+}
+
+
+def _progress(stage: str) -> str:
+    done = _STAGES_DONE.get(stage)
+    return "-" if done is None else f"{'█' * done}{'░' * (4 - done)} {done}/4"
 
 
 def _print_details(details: dict) -> None:

@@ -36,6 +36,9 @@ def test_ingest_samples_on_the_embedded_default(tmp_path):
 
         table = _run("status", env=env)
         assert table.returncode == 0 and "connected" in table.stdout
+        assert table.stdout.count("4/4") == 2  # every stage done, for both books
+        rows = json.loads(_run("status", "--json", env=env).stdout)
+        assert all(row["vectors"] == row["chunks"] > 0 for row in rows)
         assert embedded_server_pid(home / "pgdata") == first_pid, "later commands reuse it"
 
         stopped = _run("db", "stop", env=env)

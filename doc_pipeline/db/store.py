@@ -130,10 +130,16 @@ def find_documents(engine: Engine, prefix: str) -> list[str]:
 
 
 def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None) -> list[dict]:
-    """Each document with its chunk and connection counts (both directions) and its AI spend."""
+    """Each document with its chunk, vector and connection counts (both directions) and its AI
+    spend."""
     chunk_counts = (
         sa.select(Chunk.document_id, sa.func.count().label("chunks"))
         .group_by(Chunk.document_id)
+        .subquery()
+    )
+    vector_counts = (
+        sa.select(Embedding.document_id, sa.func.count(sa.distinct(Embedding.chunk_id)).label("n"))
+        .group_by(Embedding.document_id)
         .subquery()
     )
     query = (
@@ -148,8 +154,10 @@ def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None
             Document.registered_at,
             Document.updated_at,
             sa.func.coalesce(chunk_counts.c.chunks, 0).label("chunks"),
+            sa.func.coalesce(vector_counts.c.n, 0).label("vectors"),
         )
         .outerjoin(chunk_counts, chunk_counts.c.document_id == Document.id)
+        .outerjoin(vector_counts, vector_counts.c.document_id == Document.id)
         .order_by(Document.registered_at, Document.id)
     )
     if document_ids is not None:
