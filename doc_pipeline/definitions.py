@@ -3,6 +3,7 @@
 from dagster import Definitions, in_process_executor
 
 from doc_pipeline.assets import document_assets
+from doc_pipeline.checks import AIBudget, asset_checks
 from doc_pipeline.jobs import document_job
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.blob_io_manager import BlobIOManager
@@ -19,6 +20,7 @@ PROVIDERS = {"local": LocalProvider, "gemini": GeminiProvider}
 
 defs = Definitions(
     assets=document_assets,
+    asset_checks=asset_checks,
     jobs=[document_job],
     sensors=[uploads_sensor, stale_run_reaper, connections_automation],
     # Runs the automation sensor starts use it too (see jobs.py for why in-process).
@@ -31,5 +33,6 @@ defs = Definitions(
         "liveness": Liveness(),
         "recovery": Recovery(),
         "uploads": Uploads(),
+        "ai_budget": AIBudget(),
     },
 )

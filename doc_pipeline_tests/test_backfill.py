@@ -5,6 +5,7 @@ the requests whose inputs changed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -12,8 +13,18 @@ from collections import Counter
 from dagster import AssetKey, DagsterRun
 from dagster._serdes import deserialize_value
 
-from doc_pipeline_tests.conftest import CORPUS, create_database
+from doc_pipeline.instance import open_instance
+from doc_pipeline.settings import Settings
+from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
 from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.processes import (
+    free_port,
+    graphql,
+    start_ui,
+    stop_process_group,
+    wait_for_graphql,
+    wait_until,
+)
 from doc_pipeline_tests.test_gemini_pipeline import GeminiPipeline
 
 BOOKS = [
@@ -78,3 +89,62 @@ def test_a_backfill_reruns_a_stage_per_document_and_pays_only_for_changes(
         outcomes = _backfill(pipeline, *args)
         assert pipeline.paid_requests() == {} and all(o["ai_cost_usd"] == 0 for o in outcomes)
         pipeline.engine.dispose()
+
+
+LAUNCH_BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } }
+}
+"""
+
+
+def test_a_backfill_from_the_ui_runs_the_stage_for_each_partition(
+    postgres_server, tmp_path, monkeypatch
+):
+    use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
+    monkeypatch.setenv("DOC_PIPELINE_PROVIDER", "local")
+    ingest = subprocess.run(
+        [sys.executable, "-m", "doc_pipeline", "ingest", "--json", *map(str, BOOKS)],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ingest.returncode == 0, ingest.stderr[-3000:]
+    documents = sorted(o["document_id"] for o in json.loads(ingest.stdout))
+
+    port = free_port()
+    ui = start_ui(port, tmp_path / "ui.log")
+    try:
+        wait_for_graphql(port, "{ version }", ui, timeout=300)
+        params = {"partitionNames": documents, "assetSelection": [{"path": ["chunks"]}]}
+        launched = graphql(port, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+
+        def done():
+            status = graphql(port, BACKFILL_STATUS, {"id": backfill_id})
+            value = status["partitionBackfillOrError"]["status"]
+            return value if value not in ("REQUESTED", "CANCELING", "FAILING") else None
+
+        assert wait_until(done, 300, "the backfill to finish", interval=2) in (
+            "COMPLETED",
+            "COMPLETED_SUCCESS",
+        )
+    finally:
+        stop_process_group(ui)
+
+    with open_instance(Settings.from_env()) as instance:
+        runs = [r for r in instance.get_runs() if r.tags.get("dagster/backfill") == backfill_id]
+    assert sorted(r.tags["dagster/partition"] for r in runs) == documents
+    assert all(r.status.value == "SUCCESS" for r in runs)
+    assert all(r.asset_selection == {AssetKey("chunks")} for r in runs)

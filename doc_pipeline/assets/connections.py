@@ -69,7 +69,9 @@ class ConnectionsConfig(Config):
 @asset(
     partitions_def=documents_partitions,
     group_name="documents",
-    automation_condition=AutomationCondition.eager(),
+    # Not after embeddings whose blocking check failed.
+    automation_condition=AutomationCondition.eager()
+    & AutomationCondition.all_deps_blocking_checks_passed(),
     pool=AI_POOL,
     code_version=versions.CONNECTIONS,
 )
