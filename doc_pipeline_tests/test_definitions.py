@@ -20,3 +20,18 @@ def test_definitions_load_with_the_document_job():
         assert AssetKey(upstream) in graph.get(AssetKey(downstream)).parent_keys
     for stage in STAGES:
         assert graph.get(AssetKey(stage)).partitions_def == documents_partitions
+
+
+def test_every_asset_has_a_code_version_that_follows_its_prompts(tmp_path):
+    import shutil
+
+    from doc_pipeline.assets import versions
+
+    graph = defs.resolve_asset_graph()
+    assert all(graph.get(AssetKey(stage)).code_version for stage in STAGES)
+    prompts = tmp_path / "chunking"
+    shutil.copytree(versions.PROMPTS / "chunking", prompts)
+    before = versions._folder_digest(prompts)
+    fiction = prompts / "v1" / "fiction.md"
+    fiction.write_text(fiction.read_text() + "\nKeep dialogue with its speaker.\n")
+    assert versions._folder_digest(prompts) != before  # a changed prompt: chunks unsynced

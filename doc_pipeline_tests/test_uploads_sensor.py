@@ -95,3 +95,31 @@ def test_new_duplicate_partial_and_junk_files(uploads_home):
     )
     assert new_flatland.partition_key != flatland.partition_key
     assert len(store.document_summaries(engine)) == 4  # flatland, notes, rabbit, flatland v2
+
+
+def test_any_fsspec_location_works(uploads_home):
+    """The uploads location as a URL (here fsspec's in-memory file system, in this process):
+    files are listed, copied to a local temporary file, registered and requested."""
+    import fsspec
+
+    instance, engine, _ = uploads_home
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/incoming/rabbit.epub", RABBIT.read_bytes())
+    memory.pipe("/incoming/half.epub.part", b"PK")
+    resources = {
+        "app_database": AppDatabase(),
+        "source_store": SourceStore(),
+        "uploads": Uploads(url="memory://incoming", settle_seconds=0),
+    }
+    cursor = None
+    for _ in range(2):
+        context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        result = uploads_sensor(context)
+        cursor = getattr(result, "cursor", None) or context.cursor
+    (request,) = _requests(result)
+    assert request.tags["doc_pipeline/upload"] == "rabbit.epub"
+    document = store.get_document(engine, request.partition_key)
+    assert (
+        document["source_file"] == "rabbit.epub" and document["byte_size"] == RABBIT.stat().st_size
+    )
+    memory.rm("/incoming", recursive=True)
