@@ -15,7 +15,7 @@ chunking request by echoing the text as JSON chunks) priced at the GeminiProvide
    system, which re-paid everything on a retry, would show 1 + before / clean) and the requests
    paid twice (fake requests whose body was answered before), at most the one in flight.
    A delay fault on the stage's AI method keeps the kill inside the stage; 'connecting' lasts
-   milliseconds, so the bench holds a lock on `embeddings` until the step waits on it.
+   milliseconds, so the bench holds a lock on `connections` until the step waits on it.
 
     python bench/cost.py [--corpus ../shared/corpus/epub] [--crash-book NAME] [--json]
 
@@ -205,14 +205,15 @@ class Home:
             return [dict(row._mapping) for row in conn.execute(query, {"after": after_id})]
 
     @contextlib.contextmanager
-    def hold_embeddings(self) -> Iterator[None]:
-        """Lock the embeddings table until the block ends: the connections step, which reads
-        it right after marking the document 'connecting', waits there to be killed."""
+    def hold_connections(self) -> Iterator[None]:
+        """Lock the connections table until the block ends: the connections step, which writes
+        it inside its transaction after marking the document 'connecting', waits there to be
+        killed (the embeddings check before that step reads vectors, not connections)."""
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
             conn.execute(sa.text("SET LOCAL lock_timeout = '30s'"))
-            conn.execute(sa.text("LOCK TABLE embeddings IN ACCESS EXCLUSIVE MODE"))
+            conn.execute(sa.text("LOCK TABLE connections IN ACCESS EXCLUSIVE MODE"))
             try:
                 yield
             finally:
@@ -372,9 +373,9 @@ def crash_and_retry(root: Path, fake, book: Path, point: str, clean: dict, price
             with contextlib.ExitStack() as gate:
                 try:
                     if point == "connecting":
-                        # The stage lasts milliseconds: hold its first read of `embeddings`.
+                        # The stage lasts milliseconds: hold its write of `connections`.
                         wait_until(process, lambda: home.stage() == "embedded", "stage 'embedded'")
-                        gate.enter_context(home.hold_embeddings())
+                        gate.enter_context(home.hold_connections())
                     wait_until(process, done, what)
                 except BenchError as error:
                     tail = stderr.read_text(errors="replace")[-2000:]

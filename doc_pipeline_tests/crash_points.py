@@ -79,14 +79,15 @@ def worker_inside(
                 sa.text("SELECT 1 FROM documents WHERE id = :id FOR UPDATE"), {"id": document_id}
             )
         elif stage == "connecting":
-            # Held where the connections step reads the vectors, inside its transaction.
+            # Held where the connections step writes, inside its transaction (the embeddings
+            # check before it reads vectors, so the lock is on the connections table).
             wait_until(
                 lambda: _stage(engine, document_id) == "embedded",
                 timeout,
                 "the run to be embedded",
                 interval=0.005,
             )
-            conn.execute(sa.text("LOCK TABLE embeddings IN ACCESS EXCLUSIVE MODE"))
+            conn.execute(sa.text("LOCK TABLE connections IN ACCESS EXCLUSIVE MODE"))
             wait_until(
                 lambda: _stage(engine, document_id) == "connecting",
                 timeout,

@@ -19,9 +19,7 @@ INDEXED_DIMENSIONS = 768
 # cosine distance so that the planner walks the HNSW index.
 NEAREST_OTHER_DOCUMENTS = sa.text(
     f"""
-    SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity,
-           CASE WHEN jsonb_typeof(t.metadata -> 'importance') = 'number'
-                THEN (t.metadata ->> 'importance')::float END AS target_importance
+    SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity
     FROM embeddings s
     CROSS JOIN LATERAL (
         SELECT o.chunk_id,
@@ -34,9 +32,16 @@ NEAREST_OTHER_DOCUMENTS = sa.text(
                  <=> s.embedding::vector({INDEXED_DIMENSIONS})
         LIMIT :top_k
     ) n
-    JOIN chunks t ON t.id = n.chunk_id
     WHERE s.document_id = :document_id AND s.model = :model
       AND s.dimensions = {INDEXED_DIMENSIONS}
+    """
+)
+
+
+TARGET_IMPORTANCE = sa.text(
+    """
+    SELECT id, (metadata ->> 'importance')::float FROM chunks
+    WHERE id = ANY(:ids) AND jsonb_typeof(metadata -> 'importance') = 'number'
     """
 )
 
@@ -62,6 +67,10 @@ def find_semantic_edges(
     rows = conn.execute(
         NEAREST_OTHER_DOCUMENTS,
         {"document_id": document_id, "model": model, "top_k": config.top_k},
+    ).all()
+    # Fetched apart: joining chunks into the search query made the planner leave the index.
+    importances = dict(
+        conn.execute(TARGET_IMPORTANCE, {"ids": sorted({row.target for row in rows})}).all()
     )
     edges = []
     for row in rows:
@@ -70,7 +79,7 @@ def find_semantic_edges(
             continue
         metadata = {"similarity": round(similarity, 6), "model": model}
         strength = similarity
-        importance = row.target_importance
+        importance = importances.get(row.target)
         if importance is not None and math.isfinite(importance):
             importance = min(1.0, max(0.0, importance))
             strength = (1 - config.importance_weight) * similarity + (
