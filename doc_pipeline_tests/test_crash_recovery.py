@@ -125,6 +125,9 @@ def crash_home(postgres_server, tmp_path, monkeypatch, fake, run_config_file, cl
     for name, value in _gemini_env(fake).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("DOC_PIPELINE_REAPER_INTERVAL_SECONDS", "3")
+    # The document job connects the book itself, with RUN_CONFIG; the connections automation
+    # (default config) must not race it between the kill and the retry.
+    monkeypatch.setenv("DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS", "86400")
     _cli_ingest(dict(os.environ), OTHER_BOOK, run_config_file)
     settings = Settings.from_env()
     engine = prepare_app_database(settings)
