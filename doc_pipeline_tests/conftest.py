@@ -70,3 +70,24 @@ def use_home(monkeypatch: pytest.MonkeyPatch, home: Path, database_url: str) -> 
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     monkeypatch.setenv("DOC_PIPELINE_DAGSTER_DATABASE_URL", "")
+
+
+@pytest.fixture(scope="module")
+def fake():
+    """The fake Gemini server, one per test module (tests clear its requests and faults)."""
+    from doc_pipeline_tests.fakes import FakeGemini
+
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture
+def pipeline(postgres_server, tmp_path, fake):
+    """The gemini provider through the CLI, in a fresh home and database."""
+    from doc_pipeline_tests.gemini_pipeline import GeminiPipeline
+
+    fake.clear_requests()
+    fake.clear_faults()
+    pipeline = GeminiPipeline(tmp_path / "home", create_database(postgres_server), fake)
+    yield pipeline
+    pipeline.engine.dispose()

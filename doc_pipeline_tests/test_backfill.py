@@ -17,6 +17,7 @@ from doc_pipeline.instance import open_instance
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
 from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.gemini_pipeline import GeminiPipeline
 from doc_pipeline_tests.processes import (
     free_port,
     graphql,
@@ -25,7 +26,6 @@ from doc_pipeline_tests.processes import (
     wait_for_graphql,
     wait_until,
 )
-from doc_pipeline_tests.test_gemini_pipeline import GeminiPipeline
 
 BOOKS = [
     CORPUS / "epub" / "se-abbott-flatland.epub3.epub",

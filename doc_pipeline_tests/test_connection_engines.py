@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from doc_pipeline_tests.conftest import CORPUS, create_database
 from doc_pipeline_tests.fakes import FakeGemini
-from doc_pipeline_tests.test_gemini_pipeline import GeminiPipeline
+from doc_pipeline_tests.gemini_pipeline import GeminiPipeline
 
 BOOKS = [
     CORPUS / "epub" / "se-abbott-flatland.epub3.epub",

@@ -12,9 +12,11 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from doc_pipeline_tests.conftest import create_database
-from doc_pipeline_tests.fakes import FakeGemini
-from doc_pipeline_tests.test_gemini_pipeline import PETER_RABBIT, GeminiPipeline
+from doc_pipeline_tests.conftest import CORPUS
+from doc_pipeline_tests.gemini_pipeline import GeminiPipeline
+
+PETER_RABBIT = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"
+
 
 SUMS = (
     "paid_requests",
@@ -26,21 +28,6 @@ SUMS = (
     "cost_usd",
     "saved_usd",
 )
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeGemini() as server:
-        yield server
-
-
-@pytest.fixture
-def pipeline(postgres_server, tmp_path, fake):
-    fake.clear_requests()
-    fake.clear_faults()
-    pipeline = GeminiPipeline(tmp_path / "home", create_database(postgres_server), fake)
-    yield pipeline
-    pipeline.engine.dispose()
 
 
 def run_costs(pipeline: GeminiPipeline, *args: str, expect_exit: int = 0):

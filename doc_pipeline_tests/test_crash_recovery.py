@@ -85,12 +85,6 @@ def _cli_ingest(env: dict, book: Path, config: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def fake():
-    with FakeGemini() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def run_config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "run_config.yaml"
     path.write_text(yaml.safe_dump(RUN_CONFIG))

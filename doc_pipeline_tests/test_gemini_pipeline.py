@@ -6,130 +6,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from doc_pipeline.db import store
 from doc_pipeline_tests.conftest import CORPUS, create_database
-from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.gemini_pipeline import API_KEY, PAID, GeminiPipeline
 from doc_pipeline_tests.processes import stop_process_group
 from doc_pipeline_tests.wordcount import words
 
-API_KEY = "test-secret-key-4f9d2c"
 FLATLAND = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
 PETER_RABBIT = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"
-PAID = ("generateContent", "batchEmbedContents")
-
-
-class GeminiPipeline:
-    def __init__(self, home: Path, database_url: str, fake: FakeGemini):
-        self.home, self.database_url, self.fake = home, database_url, fake
-        self.engine = store.engine_for(database_url)
-        self.env = {
-            **{k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GOOGLE_API_KEY")},
-            "DOC_PIPELINE_HOME": str(home),
-            "DATABASE_URL": database_url,
-            "GEMINI_API_KEY": API_KEY,
-            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-        }
-        self.outputs: list[str] = []
-
-    def start_ingest(self, *books: Path) -> subprocess.Popen:
-        command = [sys.executable, "-m", "doc_pipeline", "ingest", "--json", *map(str, books)]
-        return subprocess.Popen(
-            command,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-
-    def ingest(self, *books: Path, expect_exit: int = 0, fast_retries: bool = False) -> dict:
-        args = [*books, "--config", str(self.write_fast_retries())] if fast_retries else books
-        process = self.start_ingest(*args)
-        try:
-            stdout, stderr = process.communicate(timeout=600)
-        finally:
-            stop_process_group(process)
-        self.outputs += [stdout, stderr]
-        assert process.returncode == expect_exit, stderr[-3000:]
-        return {Path(o["source_file"]).name: o for o in json.loads(stdout)}
-
-    def write_fast_retries(self) -> Path:
-        """Run config with short back-off, so that outages are given up on in seconds."""
-        path = self.home.parent / "fast-retries.yaml"
-        path.write_text(
-            "resources:\n  provider:\n    config:\n      max_attempts: 4\n"
-            "      initial_backoff_seconds: 0.05\n      max_backoff_seconds: 0.2\n"
-        )
-        return path
-
-    def markdown(self, document_id: str) -> str:
-        path = self.home / "blobs/outputs/extracted_markdown" / f"{document_id}.json"
-        return json.loads(path.read_text())["markdown"]
-
-    def dagster_query(self, sql: str, **params) -> list:
-        """Rows of a query on the Dagster instance's database (`<app database>_dagster`)."""
-        url = sa.engine.make_url(self.database_url)
-        engine = sa.create_engine(
-            url.set(database=f"{url.database}_dagster"), poolclass=sa.NullPool
-        )
-        try:
-            with engine.connect() as conn:
-                return conn.execute(sa.text(sql), params).all()
-        finally:
-            engine.dispose()
-
-    def materialization_metadata(self, asset: str) -> list[dict]:
-        """The metadata of every materialization of the asset, from the Dagster event log."""
-        rows = self.dagster_query(
-            "SELECT event FROM event_logs"
-            " WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = :key",
-            key=json.dumps([asset]),
-        )
-        records = [json.loads(row.event) for row in rows]
-        found = []
-        for record in records:
-            materialization = record["dagster_event"]["event_specific_data"]["materialization"]
-            found.append({entry["label"]: entry for entry in materialization["metadata_entries"]})
-        return found
-
-    def event_log_text(self) -> str:
-        (row,) = self.dagster_query("SELECT string_agg(event, '') AS text FROM event_logs")
-        return row.text or ""
-
-    def paid_requests(self) -> Counter:
-        return Counter(
-            r["api_method"]
-            for r in self.fake.requests
-            if r.get("api_method") in PAID and r.get("status") == 200
-        )
-
-    def ledger(self) -> Counter:
-        with self.engine.connect() as conn:
-            return Counter(conn.execute(sa.text("SELECT outcome FROM ai_calls")).scalars())
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeGemini() as server:
-        yield server
-
-
-@pytest.fixture
-def pipeline(postgres_server, tmp_path, fake):
-    fake.clear_requests()
-    fake.clear_faults()
-    pipeline = GeminiPipeline(tmp_path / "home", create_database(postgres_server), fake)
-    yield pipeline
-    pipeline.engine.dispose()
 
 
 def test_ingest_pays_each_request_once_and_a_second_ingest_pays_nothing(pipeline):
