@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -341,6 +342,8 @@ def _print_outcomes(outcomes) -> None:
             out.print(
                 f"[red]✗ {Path(o.source_file).name}[/red] ({o.error_class}): {o.error_message}"
             )
+        for warning in o.warnings:
+            out.print(f"[yellow]! {Path(o.source_file).name}[/yellow]: {escape(warning)}")
 
 
 @app.command()
@@ -389,6 +392,11 @@ def status(
     for row in rows:
         if row["stage"] == "failed":
             out.print(f"[red]✗ {row['id']}[/red] ({row['error_class']}): {row['error_message']}")
+        elif row["extraction_warnings"]:
+            out.print(
+                f"[yellow]! {row['id']}[/yellow]: {len(row['extraction_warnings'])} extraction "
+                f"warning(s), see `doc-pipeline status {row['id']}`"
+            )
 
 
 # Stages done when a document is at each stage (of extracted, chunked, embedded, connected).
@@ -440,6 +448,10 @@ def _print_details(details: dict) -> None:
         table.add_row(
             "last error", f"[red]{details['error_class']}[/red]: {details['error_message']}"
         )
+    if details["markup_errors"]:
+        table.add_row("markup errors", f"{details['markup_errors']} recovered from")
+    for number, warning in enumerate(details["extraction_warnings"]):
+        table.add_row("warnings" if number == 0 else "", f"[yellow]{escape(warning)}[/yellow]")
     out.print(table)
 
 

@@ -55,6 +55,7 @@ class IngestOutcome:
     ai_saved_usd: float = 0.0  # answered from the AI ledger instead of paid again
     error_class: str | None = None
     error_message: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what extraction skipped or repaired
     run_ids: list[str] = field(default_factory=list)
 
     @property
@@ -180,6 +181,7 @@ class Ingestion:
             outcome.connections = row["connections"]
             outcome.error_class = row["error_class"]
             outcome.error_message = row["error_message"]
+            outcome.warnings = list(row["extraction_warnings"])
             outcome.seconds = round(outcome.seconds, 2)
             outcome.ai_cost_usd, outcome.ai_saved_usd = costs.get(outcome.document_id, (0.0, 0.0))
 

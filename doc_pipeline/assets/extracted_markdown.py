@@ -40,7 +40,13 @@ def extracted_markdown(
             Path(source_document["stored_path"]), source_document["source_file"]
         )
         store.update_document_fields(
-            engine, document_id, title=book.title, author=book.author, language=book.language
+            engine,
+            document_id,
+            title=book.title,
+            author=book.author,
+            language=book.language,
+            extraction_warnings=list(book.warnings),
+            markup_errors=book.markup_errors,
         )
     for warning in book.warnings:
         context.log.warning(f"{source_document['source_file']}: {warning}")
@@ -51,6 +57,8 @@ def extracted_markdown(
             "characters": MetadataValue.int(len(book.markdown)),
             "chapters": MetadataValue.int(book.chapter_count),
             "warnings": MetadataValue.int(len(book.warnings)),
+            "markup_errors_recovered": MetadataValue.int(book.markup_errors),
+            "what was skipped": MetadataValue.md(_bullets(book.warnings) or "nothing"),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
             "preview": MetadataValue.md(preview(book.markdown)),
         }
@@ -62,5 +70,10 @@ def extracted_markdown(
         "language": book.language,
         "chapter_count": book.chapter_count,
         "warnings": list(book.warnings),
+        "markup_errors": book.markup_errors,
         "markdown": book.markdown,
     }
+
+
+def _bullets(lines: tuple[str, ...]) -> str:
+    return "\n".join(f"- {line}" for line in lines)

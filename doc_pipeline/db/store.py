@@ -151,6 +151,8 @@ def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None
             Document.stage,
             Document.error_class,
             Document.error_message,
+            Document.extraction_warnings,
+            Document.markup_errors,
             Document.registered_at,
             Document.updated_at,
             sa.func.coalesce(chunk_counts.c.chunks, 0).label("chunks"),

@@ -22,9 +22,10 @@ from doc_pipeline.core.epub.documents import _load_documents
 from doc_pipeline.core.epub.errors import InvalidBookError
 from doc_pipeline.core.epub.footnotes import _Notes
 from doc_pipeline.core.epub.rendering import _render
+from doc_pipeline.core.epub.safe_zip import ReaderLimits
 from doc_pipeline.core.epub.toc import _TOKEN, _flatten_toc, _toc_base_dir
 
-__all__ = ["ExtractedBook", "InvalidBookError", "epub_to_markdown"]
+__all__ = ["ExtractedBook", "InvalidBookError", "ReaderLimits", "epub_to_markdown"]
 
 _HEADING_MD = re.compile(r"^#{1,6} .*$", re.M)
 _IMAGE_MD = re.compile(r"!\[(?:\\.|[^\]])*\]\([^)]*\)")
@@ -38,25 +39,31 @@ class ExtractedBook:
     markdown: str  # the whole book as markdown
     chapter_count: int  # table-of-contents headings emitted (non-empty documents if no TOC)
     warnings: tuple[str, ...]  # human-readable notes about anything skipped
+    markup_errors: int = 0  # parser errors recovered from in malformed XHTML
 
 
-def epub_to_markdown(path: Path, name: str | None = None) -> ExtractedBook:
-    """Convert one EPUB (2 or 3) file to markdown; raise InvalidBookError if it is unreadable.
+def epub_to_markdown(
+    path: Path, name: str | None = None, limits: ReaderLimits | None = None
+) -> ExtractedBook:
+    """Convert one EPUB (2 or 3) file to markdown; raise InvalidBookError if it is unreadable
+    or breaks one of `limits` (default ReaderLimits()).
 
     `name` is the file name used in messages (the name it was uploaded under), by default the
     path's own."""
     path = Path(path)
     name = name or path.name
+    limits = limits or ReaderLimits()
     warnings: list[str] = []
-    opf_path = _check_archive(path, name, warnings)
-    book, reader = _read_package(path, name, opf_path, warnings)
+    opf_path = _check_archive(path, name, warnings, limits)
+    book, reader = _read_package(path, name, opf_path, warnings, limits)
     if not book.spine:
         raise InvalidBookError(f"{name}: empty spine: no reading order (OPF lists no documents)")
     try:
-        docs, image_count = _load_documents(book, reader, warnings)
-        notes = _Notes(docs)
+        loaded = _load_documents(book, reader, warnings, name, limits)
+        image_count = loaded.images
+        notes = _Notes(loaded.docs)
         toc = _flatten_toc(book.toc, _toc_base_dir(book), 1)
-        markdown, chapters = _render(docs, toc, notes, warnings)
+        markdown, chapters = _render(loaded.docs, toc, notes, warnings)
     except (etree.LxmlError, KeyError, ValueError, RecursionError) as exc:
         # Bugs or pathological markup must still surface as "this book failed, because".
         raise InvalidBookError(f"{name}: conversion failed ({type(exc).__name__}: {exc})") from exc
@@ -73,4 +80,5 @@ def epub_to_markdown(path: Path, name: str | None = None) -> ExtractedBook:
         markdown=markdown,
         chapter_count=chapters,
         warnings=tuple(warnings),
+        markup_errors=loaded.markup_errors,
     )

@@ -12,10 +12,7 @@ from lxml import etree
 
 from doc_pipeline.core.epub.documents import _xml_parser
 from doc_pipeline.core.epub.errors import InvalidBookError
-
-# Declared uncompressed size above which we refuse the archive before ebooklib inflates
-# every member into memory (full zip-bomb hardening is a separate piece of work).
-MAX_UNCOMPRESSED_BYTES = 1 << 30
+from doc_pipeline.core.epub.safe_zip import ReaderLimits, SafeZip, UnsafeMemberError
 
 _CONTAINER_NS = "{urn:oasis:names:tc:opendocument:xmlns:container}"
 
@@ -34,7 +31,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def _check_archive(path: Path, name: str, warnings: list[str]) -> str:
+def _check_archive(path: Path, name: str, warnings: list[str], limits: ReaderLimits) -> str:
     """Validate the ZIP container cheaply and return the OPF path named by container.xml."""
     if not path.is_file():
         raise InvalidBookError(f"{name}: file not found or not a regular file")
@@ -44,7 +41,7 @@ def _check_archive(path: Path, name: str, warnings: list[str]) -> str:
         if not zipfile.is_zipfile(path):
             raise InvalidBookError(f"{name}: {_not_zip_reason(head)}")
         with zipfile.ZipFile(path) as zf:
-            return _check_members(zf, name, warnings)
+            return _check_members(SafeZip(zf, name, limits), warnings)
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
@@ -74,24 +71,32 @@ def _not_zip_reason(head: bytes) -> str:
     return "not a ZIP/EPUB archive (unrecognised binary data)"
 
 
-def _check_members(zf: zipfile.ZipFile, name: str, warnings: list[str]) -> str:
-    members = set(zf.namelist())
+def _check_members(archive: SafeZip, warnings: list[str]) -> str:
+    name, members = archive.book, archive.zf.namelist()
     if "META-INF/container.xml" not in members:
         also = "" if "mimetype" in members else " (and no mimetype)"
         raise InvalidBookError(f"{name}: not an EPUB: no META-INF/container.xml{also}")
-    declared = sum(info.file_size for info in zf.infolist())
-    if declared > MAX_UNCOMPRESSED_BYTES:
-        raise InvalidBookError(
-            f"{name}: archive declares {declared:,} uncompressed bytes, "
-            f"over the {MAX_UNCOMPRESSED_BYTES:,}-byte limit"
+    if archive.unsafe:
+        first = list(archive.unsafe.items())[:8]
+        listed = ", ".join(f"{member!r} ({why})" for member, why in first)
+        more = len(archive.unsafe) - 8
+        warnings.append(
+            f"ignored {len(archive.unsafe)} archive member(s) with unsafe paths: {listed}"
+            + (f" and {more} more" if more > 0 else "")
         )
     if "mimetype" in members:
-        mimetype = zf.read("mimetype").decode("ascii", "replace").strip()
+        mimetype = archive.read("mimetype").decode("ascii", "replace").strip()
         if mimetype != "application/epub+zip":
-            warnings.append(f"mimetype is {mimetype!r}, expected 'application/epub+zip'")
+            warnings.append(f"mimetype is {mimetype[:80]!r}, expected 'application/epub+zip'")
+        if members[0] != "mimetype":
+            warnings.append("mimetype is not the archive's first member")
     else:
         warnings.append("no mimetype file in the archive")
-    opf_path = _opf_path(zf.read("META-INF/container.xml"), name)
+    opf_path = _opf_path(archive.read("META-INF/container.xml"), name)
+    if opf_path in archive.unsafe:
+        raise InvalidBookError(
+            f"{name}: unsafe OPF package path {opf_path!r} ({archive.unsafe[opf_path]})"
+        )
     if opf_path not in members:
         raise InvalidBookError(
             f"{name}: OPF package file {opf_path!r} named in container.xml is missing"
@@ -112,23 +117,36 @@ def _opf_path(container: bytes, name: str) -> str:
 
 
 class _LenientReader(epub.EpubReader):
-    """ebooklib reader that records manifest files missing from the ZIP instead of raising
-    KeyError, and survives a broken nav/NCX (the book is still readable without a TOC)."""
+    """ebooklib reader whose every read goes through SafeZip (bounded, safe names only). It
+    records manifest files missing from the ZIP or with unsafe paths instead of raising, and
+    survives a broken nav/NCX (the book is still readable without a TOC)."""
 
-    def __init__(self, file_name: str) -> None:
+    def __init__(self, file_name: str, book_name: str, limits: ReaderLimits) -> None:
         super().__init__(file_name, {"ignore_ncx": True})
+        self.book_name, self.limits = book_name, limits
         self.missing: list[str] = []
+        self.unsafe: dict[str, str] = {}  # manifest files refused: path -> reason
         self.toc_errors: list[str] = []
         self._lenient = False
+        self._archive: SafeZip | None = None
 
     def read_file(self, name: str) -> bytes:
+        name = posixpath.normpath(name)
+        if self._archive is None:
+            self._archive = SafeZip(self.zf, self.book_name, self.limits)
         try:
-            return super().read_file(name)
+            return self._archive.read(name)
         except KeyError:
             if not self._lenient:
                 raise
-            self.missing.append(posixpath.normpath(name))
-            return b""
+            self.missing.append(name)
+        except UnsafeMemberError as unsafe:
+            if not self._lenient:
+                raise InvalidBookError(
+                    f"{self.book_name}: unsafe path {unsafe.name!r} ({unsafe.reason})"
+                ) from unsafe
+            self.unsafe[name] = unsafe.reason
+        return b""
 
     def _load_manifest(self) -> None:
         self._lenient = True
@@ -154,9 +172,9 @@ class _LenientReader(epub.EpubReader):
 
 
 def _read_package(
-    path: Path, name: str, opf_path: str, warnings: list[str]
+    path: Path, name: str, opf_path: str, warnings: list[str], limits: ReaderLimits
 ) -> tuple[epub.EpubBook, _LenientReader]:
-    reader = _LenientReader(str(path))
+    reader = _LenientReader(str(path), name, limits)
     try:
         book = reader.load()
     except InvalidBookError:

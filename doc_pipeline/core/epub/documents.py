@@ -12,13 +12,11 @@ import lxml.html
 from ebooklib import epub
 from lxml import etree
 
+from doc_pipeline.core.epub.errors import InvalidBookError
+from doc_pipeline.core.epub.safe_zip import ReaderLimits
+
 if TYPE_CHECKING:
     from doc_pipeline.core.epub.archive import _LenientReader
-
-
-# A single spine document above this is skipped (with a warning): parsing and rendering a
-# 60 MB chapter takes about a minute and hundreds of MB, and no real book needs it.
-MAX_DOCUMENT_BYTES = 16 << 20
 
 _OPS_NS = "{http://www.idpf.org/2007/ops}"
 
@@ -73,45 +71,81 @@ class _Doc:
                 self.ids[key] = el
 
 
+@dataclass
+class _Loaded:
+    docs: list[_Doc]
+    images: int  # <img>/<image> elements in the spine documents
+    markup_errors: int  # parser errors recovered from (malformed markup), all documents
+
+
 def _load_documents(
-    book: epub.EpubBook, reader: _LenientReader, warnings: list[str]
-) -> tuple[list[_Doc], int]:
+    book: epub.EpubBook,
+    reader: _LenientReader,
+    warnings: list[str],
+    book_name: str,
+    limits: ReaderLimits,
+) -> _Loaded:
     missing = set(reader.missing)
-    docs: list[_Doc] = []
-    images = 0
+    loaded = _Loaded([], 0, 0)
     pg_dropped = False
     for idref, _linear in book.spine:
         item = book.get_item_with_id(idref)
         if item is None:
             warnings.append(f"spine item {idref!r} is not in the manifest; skipped")
             continue
-        if posixpath.normpath(posixpath.join(reader.opf_dir, item.file_name)) in missing:
+        path = posixpath.normpath(posixpath.join(reader.opf_dir, item.file_name))
+        if path in reader.unsafe:
+            warnings.append(
+                f"spine item {item.file_name!r} has an unsafe path ({reader.unsafe[path]}); skipped"
+            )
+            continue
+        if path in missing:
             warnings.append(f"spine item {item.file_name!r} is missing from the archive; skipped")
             continue
         if isinstance(item, epub.EpubNav) or item.media_type not in _HTML_MEDIA_TYPES:
             continue
-        if len(item.content or b"") > MAX_DOCUMENT_BYTES:
-            warnings.append(
-                f"spine item {item.file_name!r} is {len(item.content):,} bytes, "
-                f"over the {MAX_DOCUMENT_BYTES:,}-byte chapter limit; skipped"
+        if len(item.content or b"") > limits.max_chapter_bytes:
+            raise InvalidBookError(
+                f"{book_name}: chapter {item.file_name!r} is {len(item.content):,} bytes, "
+                f"larger than the {limits.max_chapter_bytes:,}-byte limit for one chapter"
             )
-            continue
         # item.content is the raw file; EpubHtml.get_content() would re-serialize it.
-        parsed = _parse_document(item.content or b"", item.file_name, warnings)
+        try:
+            parsed = _parse_document(item.content or b"", item.file_name, warnings)
+        except _TooDeep:
+            raise InvalidBookError(
+                f"{book_name}: chapter {item.file_name!r} nests elements deeper than the "
+                "parser allows (256 levels)"
+            ) from None
         if parsed is None:
             continue
-        body, title, n_images = parsed
-        images += n_images
+        body, title, n_images, n_errors = parsed
+        _check_depth(body, item.file_name, book_name, limits.max_depth)
+        loaded.images += n_images
+        loaded.markup_errors += n_errors
         if _PG_LICENCE_TITLE.search(title):
             pg_dropped = True
             continue
         pg_dropped |= _drop_pg_boilerplate(body)
         doc = _Doc(item.file_name, body)
         doc.index_ids()
-        docs.append(doc)
+        loaded.docs.append(doc)
     if pg_dropped:
         warnings.append("dropped Project Gutenberg header/licence boilerplate")
-    return docs, images
+    return loaded
+
+
+def _check_depth(body: etree._Element, name: str, book_name: str, max_depth: int) -> None:
+    """Refuse absurd nesting: rendering recurses per level. (libxml2 stops at 256 levels
+    itself, and its recovery drops the rest of the document, hence also the parse check.)"""
+    stack = [(body, 1)]
+    while stack:
+        el, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidBookError(
+                f"{book_name}: chapter {name!r} nests elements more than {max_depth} deep"
+            )
+        stack.extend((child, depth + 1) for child in el)
 
 
 def _xml_parser(recover: bool = True) -> etree.XMLParser:
@@ -128,21 +162,33 @@ def _xml_parser(recover: bool = True) -> etree.XMLParser:
 
 def _parse_document(
     data: bytes, name: str, warnings: list[str]
-) -> tuple[etree._Element, str, int] | None:
-    """Parse one spine document; return (body, <title> text, image count) or None."""
+) -> tuple[etree._Element, str, int, int] | None:
+    """Parse one spine document; return (body, <title> text, image count, markup errors
+    recovered from) or None. Well-formed XHTML goes through the XML parser; anything else
+    through the HTML parser, which is built for tag soup and recovers more of the text."""
     data = _defuse_entities(data, name, warnings)
-    root = None
+    xml_parser = _xml_parser()
     try:
-        root = etree.fromstring(data, _xml_parser())
+        root = etree.fromstring(data, xml_parser)
     except (etree.XMLSyntaxError, ValueError):
         root = None
-    if root is None or _localname(root) != "html":
-        try:  # not well-formed XHTML: the HTML parser never loads DTDs either
+    errors = [e for e in xml_parser.error_log if e.level >= etree.ErrorLevels.ERROR]
+    if any("depth" in e.message.lower() for e in errors):
+        raise _TooDeep(name)
+    if errors or root is None or _localname(root) != "html":
+        try:  # the HTML parser never loads DTDs either
             parser = lxml.html.HTMLParser(no_network=True, remove_comments=True, remove_pis=True)
             root = lxml.html.document_fromstring(data, parser=parser)
         except (etree.ParserError, etree.XMLSyntaxError, ValueError) as exc:
             warnings.append(f"spine item {name!r} is not parsable HTML ({exc}); skipped")
             return None
+        if any("depth" in e.message.lower() for e in parser.error_log):
+            raise _TooDeep(name)
+    if errors:
+        warnings.append(
+            f"{name}: malformed XHTML, recovered from {len(errors)} markup error(s) "
+            f"(first: line {errors[0].line}: {errors[0].message.strip()})"
+        )
     _strip_namespaces(root, name, warnings)
     title = " ".join(str(root.xpath("string(head/title)")).split())
     body = root.find("body")
@@ -152,7 +198,15 @@ def _parse_document(
     for el in [el for el in body.iter() if el.tag in _DROP_TAGS]:
         _remove(el)
     _collapse_whitespace(body)
-    return body, title, images
+    return body, title, images, len(errors)
+
+
+class _TooDeep(Exception):
+    """The parser gave up on a document nested deeper than it allows."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 def _collapse_whitespace(body: etree._Element) -> None:

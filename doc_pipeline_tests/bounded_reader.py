@@ -1,0 +1,79 @@
+"""Run the EPUB reader on untrusted files in a child process with a memory cap and a time
+limit, so a hang or a memory blow-up fails a test instead of taking the test run down.
+
+`python -m doc_pipeline_tests.bounded_reader MEMORY_BYTES` reads a JSON list of paths on
+stdin and prints one JSON line per book: the outcome, the seconds it took and the child's
+peak RSS so far.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_PASSWD_MARKERS = ("root:x:0:0", "/bin/bash", "/usr/sbin/nologin")
+
+
+def read_books(paths: list[Path], memory_bytes: int, timeout: float) -> list[dict]:
+    """One result per path, in order: {"path", "outcome": "book"|"invalid"|"crash", ...}.
+    Raises AssertionError if the child dies, runs out of time or breaks the memory cap."""
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "doc_pipeline_tests.bounded_reader", str(memory_bytes)],
+            input=json.dumps([str(path) for path in paths]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:  # subprocess.run kills the child
+        raise AssertionError(f"reader took over {timeout} s on {paths}") from exc
+    results = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or len(results) != len(paths):
+        done = len(results)
+        raise AssertionError(
+            f"reader child exited {child.returncode} after {done} of {len(paths)} books "
+            f"(next: {paths[done] if done < len(paths) else '-'}): {child.stderr[-2000:]}"
+        )
+    return results
+
+
+def _read_one(path: Path) -> dict:
+    from doc_pipeline.core.epub import InvalidBookError, epub_to_markdown
+
+    started = time.perf_counter()
+    result: dict = {"path": str(path)}
+    try:
+        book = epub_to_markdown(path)
+    except InvalidBookError as error:
+        result.update(outcome="invalid", error=str(error))
+    except MemoryError:
+        result.update(outcome="crash", error="MemoryError (over the child's memory cap)")
+    except Exception as error:  # noqa: BLE001 - the point is to report any other failure
+        result.update(outcome="crash", error=f"{type(error).__name__}: {error}")
+    else:
+        result.update(
+            outcome="book",
+            words=len(book.markdown.split()),
+            warnings=list(book.warnings),
+            markup_errors=book.markup_errors,
+            leaked_passwd=any(m in book.markdown for m in _PASSWD_MARKERS)
+            or any(m in w for m in _PASSWD_MARKERS for w in book.warnings),
+        )
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+def main() -> None:
+    memory_bytes = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    for path in json.loads(sys.stdin.read()):
+        print(json.dumps(_read_one(Path(path))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
