@@ -61,6 +61,18 @@ ProviderOption = Annotated[
 ]
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="A YAML (or JSON) file of Dagster run config for every run, e.g. "
+        "`resources: {provider: {config: {max_words: 900}}}`.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
 def _choose_provider(provider: str | None) -> str:
     """Set the provider for the definitions this process (and its children) will load."""
     from doc_pipeline.settings import PROVIDER_ENV
@@ -115,16 +127,7 @@ def ingest(
     ],
     as_json: JsonOption = False,
     provider: ProviderOption = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="A YAML (or JSON) file of Dagster run config for every run, e.g. "
-            "`resources: {provider: {config: {max_words: 900}}}`.",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Register books and run them through the pipeline; prints a summary per document.
 
@@ -221,15 +224,7 @@ def backfill(
     ] = False,
     as_json: JsonOption = False,
     provider: ProviderOption = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="A YAML (or JSON) file of Dagster run config for every run.",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Materialize one stage again for some or all documents, one run per document, e.g. after
     a change of prompt, model or chunker (the UI shows such stages as unsynced).

@@ -119,13 +119,13 @@ def connections(
             context.log.warning(f"{kind}: unusable AI answer, its pairs are left out: {problem}")
         if outcome.problems:
             metadata[f"{kind}_unusable_answers"] = MetadataValue.int(len(outcome.problems))
-    strongest = sorted(connected.edges, key=lambda edge: edge.strength, reverse=True)[:10]
-    kinds = {id(e): kind for kind, o in connected.outcomes.items() for e in o.edges}
+    typed = [(kind, edge) for kind, o in connected.outcomes.items() for edge in o.edges]
+    strongest = sorted(typed, key=lambda pair: pair[1].strength, reverse=True)[:10]
     table = "\n".join(
         ["| type | source chunk | target chunk | strength |", "|---|---|---|---|"]
         + [
-            f"| {kinds[id(e)]} | {e.source_chunk_id} | {e.target_chunk_id} | {e.strength:.3f} |"
-            for e in strongest
+            f"| {kind} | {e.source_chunk_id} | {e.target_chunk_id} | {e.strength:.3f} |"
+            for kind, e in strongest
         ]
     )
     context.add_output_metadata(

@@ -11,10 +11,20 @@ def _judge(*runs: StartedRun, alive=lambda pid: True) -> dict[str, str]:
     return {v.run_id: v.reason for v in verdicts}
 
 
-def _run(run_id, *, beat_minutes_ago=None, started_minutes_ago=60, host="here", pid=10):
+def _run(
+    run_id, *, beat_minutes_ago=None, started_minutes_ago=60, host="here", pid=10, stale_after=None
+):
     beat = NOW - timedelta(minutes=beat_minutes_ago) if beat_minutes_ago is not None else None
     started = NOW - timedelta(minutes=started_minutes_ago)
-    return StartedRun(run_id, "doc", started, beat, host if beat else None, pid if beat else None)
+    return StartedRun(
+        run_id,
+        "doc",
+        started,
+        beat,
+        host if beat else None,
+        pid if beat else None,
+        stale_after=stale_after,
+    )
 
 
 def test_a_beating_run_is_alive_even_when_it_started_long_ago():
@@ -41,23 +51,8 @@ def test_a_run_that_never_beat_gets_the_stale_period_from_its_start():
 
 
 def test_a_job_can_allow_its_runs_a_longer_silence():
-    patient = StartedRun(
-        "slow",
-        "doc",
-        NOW - timedelta(hours=2),
-        NOW - timedelta(minutes=45),
-        "here",
-        10,
-        stale_after=timedelta(minutes=60),
-    )
+    hour = timedelta(minutes=60)
+    patient = _run("slow", beat_minutes_ago=45, started_minutes_ago=120, stale_after=hour)
     assert _judge(patient, _run("other", beat_minutes_ago=45)).keys() == {"other"}
-    late = StartedRun(
-        "late",
-        "doc",
-        NOW - timedelta(hours=2),
-        NOW - timedelta(minutes=61),
-        "here",
-        10,
-        stale_after=timedelta(minutes=60),
-    )
+    late = _run("late", beat_minutes_ago=61, started_minutes_ago=120, stale_after=hour)
     assert "stale after 60 min" in _judge(late)["late"]
