@@ -133,6 +133,8 @@ def ingest(
 
     Runs go through the persistent Dagster instance, so they show in `doc-pipeline ui`. Exits
     with status 1 if any document failed (after processing all the others)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from doc_pipeline.core.registration import SUPPORTED_SUFFIXES, find_book_files
     from doc_pipeline.db import store
     from doc_pipeline.ingest import Ingestion
@@ -171,7 +173,11 @@ def ingest(
         while not done.wait(0.3):
             if not engine_box:
                 continue
-            for row in store.document_summaries(engine_box[0], list(tasks)):
+            try:
+                rows = store.document_summaries(engine_box[0], list(tasks))
+            except SQLAlchemyError:
+                continue  # the database is down: the runs report it, the bars wait
+            for row in rows:
                 _show_stage(progress, tasks, row["id"], row["stage"])
 
     ingestion = Ingestion(

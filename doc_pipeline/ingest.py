@@ -7,18 +7,21 @@ batch has its vectors, so that a batch connects the same way whatever order its 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy.exc
 from dagster import AssetKey, DagsterInstance, JobDefinition, execute_job, reconstructable
 from sqlalchemy.engine import Engine
 
+from doc_pipeline.core.atomic_write import StorageWriteError
 from doc_pipeline.core.reaper import Verdict
 from doc_pipeline.core.registration import register_file
-from doc_pipeline.core.stages import PERMANENT, TRANSIENT
+from doc_pipeline.core.stages import TRANSIENT, classify, describe, redact
 from doc_pipeline.db import migrate, store
 from doc_pipeline.db.server import database_urls
 from doc_pipeline.instance import open_instance
@@ -77,6 +80,10 @@ class Ingestion:
     on_run_finished: Callable[[IngestOutcome], None] = lambda outcome: None
     # Runs of earlier, killed ingests that this one found dead and failed before it started.
     reaped: list[Verdict] = field(default_factory=list)
+    # Why runs cannot be carried out at the moment (the database is down), once one could not.
+    outage: str | None = None
+    # Documents whose failure is known here but may not be in the database (it was down).
+    failed_here: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def run(self, files: list[Path]) -> list[IngestOutcome]:
         """Process the files (see `find_book_files`), each document once."""
@@ -125,9 +132,13 @@ class Ingestion:
             try:
                 registered = register_file(engine, self.settings.blob_dir, path)
                 outcome.document_id = registered.document_id
+            except StorageWriteError as error:  # the blob store's disk, not the file
+                outcome.stage = "failed"
+                outcome.error_class = classify(error)
+                outcome.error_message = f"{path}: {error}"
             except OSError as error:
                 outcome.stage = "failed"
-                outcome.error_class = PERMANENT
+                outcome.error_class = classify(error)
                 outcome.error_message = f"{path}: cannot read the file ({error.strerror or error})"
             outcomes.append(outcome)
             self.on_registered(outcome)
@@ -143,34 +154,61 @@ class Ingestion:
     def _execute(
         self, instance: DagsterInstance, engine: Engine, outcome: IngestOutcome, assets: list
     ) -> None:
+        if self.outage is not None:
+            # Each run would wait out Dagster's connection retries and fail the same way.
+            self._failed(outcome, TRANSIENT, f"not run: {self.outage}")
+            self.on_run_finished(outcome)
+            return
         started = time.perf_counter()
         started_at = datetime.now(UTC)
-        result = execute_job(
-            reconstructable(document_job),
-            instance=instance,
-            tags={"dagster/partition": outcome.document_id, "doc_pipeline/source": "cli"},
-            run_config=_merged(QUIET_RUN_CONFIG, self.run_config),
-            asset_selection=assets,
-            raise_on_error=False,
-        )
-        outcome.seconds += time.perf_counter() - started
-        outcome.run_ids.append(result.run_id)
-        if not result.success:
-            document = store.get_document(engine, outcome.document_id) or {}
-            if document.get("stage") != "failed" or document["failed_at"] < started_at:
-                # The run failed outside any stage (e.g. a resource could not start).
-                store.mark_failed(engine, outcome.document_id, TRANSIENT, _run_failure(result))
-        outcome.stage = (store.get_document(engine, outcome.document_id) or {}).get(
-            "stage", "failed"
-        )
+        try:
+            result = execute_job(
+                reconstructable(document_job),
+                instance=instance,
+                tags={"dagster/partition": outcome.document_id, "doc_pipeline/source": "cli"},
+                run_config=_merged(QUIET_RUN_CONFIG, self.run_config),
+                asset_selection=assets,
+                raise_on_error=False,
+            )
+            outcome.run_ids.append(result.run_id)
+            if not result.success:
+                document = store.get_document(engine, outcome.document_id) or {}
+                if document.get("stage") != "failed" or document["failed_at"] < started_at:
+                    # The run failed outside any stage (e.g. a resource could not start, or its
+                    # output could not be stored).
+                    store.mark_failed(engine, outcome.document_id, TRANSIENT, _run_failure(result))
+            outcome.stage = (store.get_document(engine, outcome.document_id) or {}).get(
+                "stage", "failed"
+            )
+        except Exception as error:
+            # Dagster could not run or record the run: its database (or the app's) is down.
+            # The run stays STARTED there until the reaper or the next ingest finds it dead.
+            if classify(error) != TRANSIENT:
+                raise
+            self.outage = describe(error)
+            self._failed(outcome, TRANSIENT, self.outage)
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):  # if it is back already
+                store.mark_failed(engine, outcome.document_id, TRANSIENT, self.outage)
+        finally:
+            outcome.seconds += time.perf_counter() - started
         self.on_run_finished(outcome)
 
-    @staticmethod
-    def _fill_summaries(engine: Engine, outcomes: list[IngestOutcome]) -> None:
+    def _failed(self, outcome: IngestOutcome, error_class: str, message: str) -> None:
+        outcome.stage, outcome.error_class, outcome.error_message = "failed", error_class, message
+        self.failed_here[outcome.document_id] = (error_class, message)
+
+    def _fill_summaries(self, engine: Engine, outcomes: list[IngestOutcome]) -> None:
         ids = [o.document_id for o in outcomes if o.document_id]
-        summaries = {row["id"]: row for row in store.document_summaries(engine, ids)}
         run_ids = [run_id for o in outcomes for run_id in o.run_ids]
-        costs = store.ai_costs(engine, ids, run_ids)
+        for outcome in outcomes:
+            outcome.seconds = round(outcome.seconds, 2)
+        try:
+            summaries = {row["id"]: row for row in store.document_summaries(engine, ids)}
+            costs = store.ai_costs(engine, ids, run_ids)
+        except sqlalchemy.exc.OperationalError:
+            if self.outage is None:
+                raise
+            return  # still down: the outcomes say what is known
         for outcome in outcomes:
             row = summaries.get(outcome.document_id)
             if row is None:
@@ -182,8 +220,11 @@ class Ingestion:
             outcome.error_class = row["error_class"]
             outcome.error_message = row["error_message"]
             outcome.warnings = list(row["extraction_warnings"])
-            outcome.seconds = round(outcome.seconds, 2)
             outcome.ai_cost_usd, outcome.ai_saved_usd = costs.get(outcome.document_id, (0.0, 0.0))
+            if outcome.document_id in self.failed_here:
+                # The database may still show the stage that the outage interrupted.
+                outcome.stage = "failed"
+                outcome.error_class, outcome.error_message = self.failed_here[outcome.document_id]
 
 
 def prepare_app_database(settings: Settings) -> Engine:
@@ -204,11 +245,22 @@ def _merged(base: dict, override: dict) -> dict:
 
 
 def _run_failure(result) -> str:
+    """The run's first failure, as a user should read it: Dagster wraps errors of IO managers
+    and resources in its own ("Error occurred while handling output ..."), so the first error
+    in the chain that is not Dagster's says what went wrong; it follows the step's name."""
     for event in result.all_events:
         if event.is_step_failure or event.is_failure:
-            data = event.event_specific_data
-            error = getattr(data, "error", None)
-            if error is not None:
-                return error.message.strip()
-            return event.message or "the run failed"
+            error = getattr(event.event_specific_data, "error", None)
+            if error is None:
+                return event.message or "the run failed"
+            own = error
+            while own.cause is not None and own.message.startswith("dagster."):
+                own = own.cause
+            if own.message.startswith("dagster."):
+                own = error
+            # "package.module.Class: text" -> "Class: text"
+            message = own.message.strip().split(": ", 1)
+            message[0] = message[0].rsplit(".", 1)[-1]
+            where = f"{event.step_key}: " if event.step_key else ""
+            return redact(where + ": ".join(message))
     return "the run failed"

@@ -81,12 +81,20 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(HeartbeatRow)
-                .where(HeartbeatRow.run_id == self.run_id, HeartbeatRow.step_key == self.step_key)
-                .values(ended_at=self.clock())
-            )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.update(HeartbeatRow)
+                    .where(
+                        HeartbeatRow.run_id == self.run_id, HeartbeatRow.step_key == self.step_key
+                    )
+                    .values(ended_at=self.clock())
+                )
+        except sa.exc.SQLAlchemyError:
+            # The step's own error (often the same outage) is the one to report; without an
+            # end the reaper judges the run by its pid and the age of its last beat.
+            if exc is None:
+                raise
 
     @property
     def running(self) -> bool:

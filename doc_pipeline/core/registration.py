@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from doc_pipeline.core.atomic_write import copy_atomically
 from doc_pipeline.core.ids import document_id_for, file_sha256
 from doc_pipeline.db import store
 
@@ -53,10 +51,8 @@ def register_file(engine: Engine, blob_dir: Path, path: Path) -> RegisteredFile:
     document_id = document_id_for(sha256)
     target = stored_source_path(blob_dir, document_id, path.name)
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, target)
+        # All or nothing: a copy cut short (full disk) is never there to be read back.
+        copy_atomically(path, target)
     is_new = store.register_document(
         engine,
         document_id=document_id,

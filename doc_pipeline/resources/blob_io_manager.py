@@ -7,13 +7,13 @@ and a run retried from failure loads what the failed run already produced (DESIG
 from __future__ import annotations
 
 import json
-import os
-import uuid
+from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableIOManagerFactory, InputContext, OutputContext, UPathIOManager
 from upath import UPath
 
+from doc_pipeline.core.atomic_write import write_atomically
 from doc_pipeline.settings import Settings
 
 
@@ -23,15 +23,11 @@ class JsonBlobIOManager(UPathIOManager):
     def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
         payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
         if path.protocol in ("", "file"):
-            # Write then rename, so a crash never leaves a half-written file to be read back.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            with temporary.open("wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary.path, path.path)
+            # Temporary file, fsync, rename: a crash or a full disk never leaves a half-written
+            # output to be loaded by a retry; a failed write says which file and why.
+            write_atomically(Path(path.path), [payload])
         else:
+            # Object stores (s3, gcs, ...) make an object visible whole or not at all.
             path.write_bytes(payload)
 
     def load_from_path(self, context: InputContext, path: UPath) -> Any:

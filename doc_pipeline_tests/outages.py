@@ -1,0 +1,148 @@
+"""Shared by the outage tests (database down, disk full): `doc-pipeline ingest` in a subprocess
+with the `local` provider, and a document's data to compare with a clean run of the same books.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.engine import Engine
+
+from doc_pipeline.db import store
+from doc_pipeline_tests.conftest import CORPUS, create_database
+from doc_pipeline_tests.processes import stop_process_group
+
+# Sherlock's markdown (about 600 kB of JSON) is larger than its EPUB (250 kB); Peter Rabbit's
+# EPUB (1.5 MB, pictures) is larger than its markdown. Both are quick with the local provider.
+SHERLOCK = CORPUS / "epub" / "pg1661-sherlock-holmes.epub2.epub"
+RABBIT = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"
+BOOKS = (SHERLOCK, RABBIT)
+# Every pair of chunks is similar enough, so that the connections compared are not empty.
+RUN_CONFIG = {"resources": {"provider": {"config": {"connection_min_similarity": 0.0}}}}
+
+
+@dataclass(frozen=True)
+class DocumentData:
+    chunks: dict[str, str]  # id -> content
+    vectors: dict[str, str]  # chunk id -> the vector as Postgres prints it
+    connections: frozenset[tuple[str, str, str, float]]  # those found from this document
+
+
+def document_data(engine: Engine, document_id: str) -> DocumentData:
+    with engine.connect() as conn:
+        vectors = conn.execute(
+            sa.text(
+                "SELECT e.chunk_id, e.model || ':' || e.embedding::text FROM embeddings e"
+                " JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = :doc"
+            ),
+            {"doc": document_id},
+        ).all()
+        connections = conn.execute(
+            sa.text(
+                "SELECT source_chunk_id, target_chunk_id, connection_type,"
+                " round(strength::numeric, 6) FROM connections WHERE source_chunk_id IN"
+                " (SELECT id FROM chunks WHERE document_id = :doc)"
+            ),
+            {"doc": document_id},
+        ).all()
+    return DocumentData(
+        chunks={c["id"]: c["content"] for c in store.load_chunks(engine, document_id)},
+        vectors=dict(vectors),
+        connections=frozenset((s, t, kind, float(v)) for s, t, kind, v in connections),
+    )
+
+
+@dataclass(frozen=True)
+class Ingested:
+    returncode: int
+    outcomes: dict[str, dict]  # by the book's file name
+    stderr: str
+
+
+class LocalPipeline:
+    """A home folder and app database for `doc-pipeline ingest --provider local`."""
+
+    def __init__(self, home: Path, database_url: str):
+        self.home = home
+        self.database_url = database_url
+        home.mkdir(parents=True, exist_ok=True)
+        self.config = home / "run_config.yaml"
+        self.config.write_text(yaml.safe_dump(RUN_CONFIG))
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
+            "DOC_PIPELINE_HOME": str(home),
+            "DATABASE_URL": database_url,
+            "DOC_PIPELINE_PROVIDER": "local",
+        }
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    def start_ingest(
+        self, *books: Path, preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen:
+        command = [sys.executable, "-m", "doc_pipeline", "ingest", "--json"]
+        return subprocess.Popen(
+            [*command, "--config", str(self.config), *map(str, books)],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
+
+    def finish(self, process: subprocess.Popen, timeout: float = 300) -> Ingested:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        finally:
+            stop_process_group(process)
+        try:
+            outcomes = {Path(o["source_file"]).name: o for o in json.loads(stdout)}
+        except json.JSONDecodeError:
+            outcomes = {}
+        return Ingested(process.returncode, outcomes, stderr)
+
+    def ingest(self, *books: Path, preexec_fn: Callable[[], None] | None = None) -> Ingested:
+        return self.finish(self.start_ingest(*books, preexec_fn=preexec_fn))
+
+
+_clean_runs: dict[str, dict[str, DocumentData]] = {}
+
+
+def clean_data(
+    server_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, DocumentData]:
+    """`clean_run` in a new database of the server, once per test process (both outage
+    modules compare with it)."""
+    if server_url not in _clean_runs:
+        home = tmp_path_factory.mktemp("clean")
+        _clean_runs[server_url] = clean_run(home, create_database(server_url))
+    return _clean_runs[server_url]
+
+
+def clean_run(home: Path, database_url: str) -> dict[str, DocumentData]:
+    """BOOKS ingested once, undisturbed: each book's data, by file name."""
+    pipeline = LocalPipeline(home, database_url)
+    result = pipeline.ingest(*BOOKS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    engine = store.engine_for(database_url)
+    try:
+        data = {
+            name: document_data(engine, outcome["document_id"])
+            for name, outcome in result.outcomes.items()
+        }
+    finally:
+        engine.dispose()
+    assert all(d.chunks and d.vectors and d.connections for d in data.values()), data.keys()
+    return data
