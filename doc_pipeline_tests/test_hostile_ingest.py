@@ -1,6 +1,8 @@
-"""End to end: `doc-pipeline ingest` of every hostile file next to a good book. Each bad file
+"""End to end: `doc-pipeline ingest` of the hostile files next to a good book. Each bad file
 ends as README's table says, a rejected one after one run; the good book is neither lost nor
-blocked."""
+blocked. Every rejected file is ingested, and of those read in part the two whose hostility
+targets the machine (an external entity, escaping paths); the others differ from these only
+inside the reader, which core/test_hostile_epubs.py covers for every file."""
 
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ from doc_pipeline_tests.core.test_hostile_epubs import HOSTILE, OUTCOMES
 from doc_pipeline_tests.test_ingest import Pipeline
 
 FLATLAND = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
-HOSTILE_FILES = sorted(HOSTILE / name for name in OUTCOMES)
+INGESTED = sorted(
+    name
+    for name, (outcome, _) in OUTCOMES.items()
+    if outcome == "invalid" or name in ("xxe-external-entity.epub", "path-traversal.epub")
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,7 @@ def ingested(postgres_server, tmp_path_factory):
             tmp_path_factory.mktemp("home"), create_database(postgres_server), monkeypatch
         )
         before = set(Path("/tmp").glob("pwned*"))
-        result, outcomes = pipeline.ingest(FLATLAND, *HOSTILE_FILES)
+        result, outcomes = pipeline.ingest(FLATLAND, *(HOSTILE / name for name in INGESTED))
         assert set(Path("/tmp").glob("pwned*")) == before
         yield pipeline, result, outcomes
         pipeline.engine.dispose()
@@ -39,7 +45,7 @@ def test_the_good_book_is_neither_lost_nor_blocked(ingested):
     assert flatland["warnings"] == []
 
 
-@pytest.mark.parametrize("name", sorted(OUTCOMES))
+@pytest.mark.parametrize("name", INGESTED)
 def test_each_hostile_file_ends_as_documented_after_one_run(ingested, name):
     pipeline, _, outcomes = ingested
     outcome = outcomes[name]
