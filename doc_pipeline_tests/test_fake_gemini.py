@@ -436,3 +436,55 @@ def test_fault_control_route_rejects_unknown_rules(fake):
     ]
     assert http(fake, "POST", "/_fake/faults", {"method": "nope"})[0] == 400
     assert http(fake, "POST", "/_fake/faults", {"colour": "red"})[0] == 400
+
+
+def test_fault_after_lets_the_first_requests_through(fake, client):
+    fake.add_fault("countTokens", after=2, times=1, status=503)
+    for _ in range(2):
+        assert client.models.count_tokens(model=MODEL, contents="hi").total_tokens == 1
+    with pytest.raises(errors.ServerError):
+        client.models.count_tokens(model=MODEL, contents="hi")
+    assert client.models.count_tokens(model=MODEL, contents="hi").total_tokens == 1
+    assert [r["status"] for r in fake.requests] == [200, 200, 503, 200]
+    assert http(fake, "POST", "/_fake/faults", {"after": -1})[0] == 400
+
+
+def test_a_hang_or_a_delay_the_client_gave_up_on_is_logged_unanswered(fake):
+    impatient = genai.Client(
+        api_key=KEY, http_options=types.HttpOptions(base_url=fake.base_url, timeout=200)
+    )
+    fake.add_fault("countTokens", times=1, hang=True)
+    fake.add_fault("countTokens", times=1, delay_seconds=0.6)
+    for _ in range(2):
+        started = time.monotonic()
+        with pytest.raises(httpx.TimeoutException):
+            impatient.models.count_tokens(model=MODEL, contents="hi")
+        assert time.monotonic() - started < 0.6
+    deadline = time.monotonic() + 5
+    while len(fake.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the server notices the client left within a poll
+    assert [(r["status"], r.get("client_gone")) for r in fake.requests] == [(None, True)] * 2
+
+
+@pytest.mark.parametrize("mode", ["mixed", "invented"])
+def test_compromised_answers_are_hostile_json_of_the_wire_format(fake, client, mode):
+    client.models.generate_content(model=MODEL, contents=chunk_prompt("Other book. " * 30))
+    fake.add_fault("generateContent", compromised=mode, extra_fields={"document_id": "victim"})
+    text = book_text()
+    answer = client.models.generate_content(
+        model=MODEL, contents=chunk_prompt(text), config=json_config()
+    )
+    assert answer.candidates[0].finish_reason == types.FinishReason.STOP
+    raw = answer.candidates[0].content.parts[0].text
+    assert "\x00" in raw and "\\u0000" in raw and "NaN" in raw
+    value = json.loads(raw.replace("\x00", ""))
+    chunks = value["chunks"]
+    assert all(c["document_id"] == "victim" and "chunk_id" in c for c in chunks)
+    contents = [c["content"] for c in chunks]
+    assert "DROP TABLE documents" in contents and any(len(c) > 50_000 for c in contents)
+    assert any(c.startswith("Other book.") for c in contents)  # leaked from another request
+    honest = [c for c in chunks if c["content"] in text]
+    assert bool(honest) == (mode == "mixed")
+    assert all(c["importance"] in (1000, True) or math.isnan(c["importance"]) for c in honest)
+    with pytest.raises(ValueError):
+        fake.add_fault("generateContent", compromised="nice")

@@ -303,7 +303,8 @@ class MalformedAnswer(ValueError):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason  # "truncated" | "invalid_json" | "schema" | "empty"
+        # "truncated" | "invalid_json" | "schema" | "empty" | "unanchored"
+        self.reason = reason
         self.detail = detail
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles (e.g. across processes) keep the reason
@@ -317,6 +318,42 @@ class SafetyBlocked(RuntimeError):
 _FENCE = re.compile(r"\A\s*```[A-Za-z]*[ \t]*\n?(.*?)\n?\s*(?:```\s*)?\Z", re.S)
 _NAME_CHARS, _SUMMARY_CHARS = 200, 1_000
 _MAX_THEMES, _MAX_CONCEPTS = 5, 20
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds them only unpaired (not UTF-8)
+_RISKY_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")  # NUL, surrogates
+
+
+def storable(text: str) -> str:
+    """The text without NUL characters and with unpaired surrogates replaced (U+FFFD):
+    Postgres refuses both in text and JSON, and a model's answer may hold them."""
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", ""))
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_storable_value(v) for v in value]
+    if isinstance(value, dict):
+        return {storable(k): _storable_value(v) for k, v in value.items()}
+    return value
+
+
+def clean_answer_text(text: str | None) -> str | None:
+    """A model's answer text made safe to store and parse: NUL characters and unpaired
+    surrogates go (`storable`), also those the JSON only escapes, which parsing would bring
+    back: a JSON answer (fenced or not) is written again with its strings cleaned. Anything
+    else (a truncated answer, prose) keeps its text, cleaned as it is."""
+    if text is None:
+        return None
+    text = storable(text)
+    if not _RISKY_ESCAPE.search(text):
+        return text  # the common case: kept verbatim
+    fenced = _FENCE.match(text)
+    try:
+        value = json.loads(fenced.group(1) if fenced else text)
+        return json.dumps(_storable_value(value), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return text
 
 
 def parse_answer(text: str | None, finish_reason: str | None) -> list[dict]:
@@ -350,7 +387,7 @@ def _number(value: Any, low: float, high: float) -> float | None:
 
 
 def _string(value: Any, limit: int) -> str | None:
-    return value.strip()[:limit] if isinstance(value, str) else None
+    return storable(value).strip()[:limit] if isinstance(value, str) else None
 
 
 def _strings(value: Any, limit: int, count: int) -> list[str]:
@@ -398,6 +435,9 @@ class AnchoredChunk:
 
 _EDGE_WORDS = 12  # words matched at each end when the whole text is not found
 _MIN_EDGE_WORDS = 3  # fewer would match too much by chance
+# A copy may space the text out (e.g. double line breaks), but a content longer than this is
+# no copy of the window: refused before the costly whitespace-insensitive search.
+_MAX_COPY_GROWTH, _COPY_SLACK_CHARS = 2, 1_000
 
 
 def anchor_chunks(
@@ -409,10 +449,11 @@ def anchor_chunks(
     (global offsets, metadata without content) and the number of items refused."""
     anchored: list[AnchoredChunk] = []
     refused, cursor = 0, window.start
+    longest = _MAX_COPY_GROWTH * (window.end - window.start) + _COPY_SLACK_CHARS
     for item in items:
         content = _undefuse(str(item.get("content", ""))).strip()
         span = None
-        if content:
+        if content and len(content) <= longest:
             span = _find(markdown, content, cursor, window.end) or _find(
                 markdown, content, window.start, window.end
             )

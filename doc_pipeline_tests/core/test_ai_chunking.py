@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import time
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
@@ -25,6 +26,7 @@ from doc_pipeline.core.ai_chunking import (
     build_prompt,
     chapter_windows,
     chunk_schema,
+    clean_answer_text,
     load_prompt,
     parse_answer,
     split_window,
@@ -300,6 +302,25 @@ def test_metadata_is_clamped_and_cleaned():
     assert clean["emotional_polarity"] == 1.0 and clean["themes"] == []
 
 
+def test_characters_postgres_refuses_never_reach_the_metadata():
+    # NUL and unpaired surrogates: raw in the answer, or escaped in its JSON.
+    answer = (
+        '{\x00"chunks": [{"content": "x", "summary": "a\\u0000b\\ud800c",'
+        ' "themes": ["\\udfff", "ok\x00"], "domain": "\ud800"}]}'
+    )
+    cleaned = clean_answer_text(answer)
+    assert "\x00" not in cleaned and "\\u0000" not in cleaned
+    cleaned.encode("utf-8")  # no lone surrogate left: Postgres can store it
+    [item] = parse_answer(cleaned, "STOP")
+    assert item["summary"] == "ab\ufffdc" and item["themes"] == ["\ufffd", "ok"]
+    [raw] = parse_answer(answer.replace("\x00", ""), "STOP")  # parsing alone cleans too
+    assert raw["summary"] == "ab\ufffdc" and raw["domain"] == "\ufffd"
+    # The common answer is kept verbatim; text that is not JSON is only stripped.
+    assert clean_answer_text('{"chunks": [] }') == '{"chunks": [] }'
+    assert clean_answer_text('{"truncated": "a\x00\\u0000') == '{"truncated": "a\\u0000'
+    assert clean_answer_text(None) is None
+
+
 def test_safety_blocked_is_an_error_with_a_message():
     assert isinstance(SafetyBlocked("chapter 3"), RuntimeError)
 
@@ -348,6 +369,15 @@ def test_invented_text_is_refused():
     anchored, refused = anchor_chunks(TEXT, WHOLE, items)
     assert refused == 2 and [a.start for a in anchored] == [TEXT.index("The first")]
     assert anchor_chunks(TEXT, WHOLE, [{"content": "  "}]) == ([], 1)
+
+
+def test_huge_invented_text_is_refused_without_searching():
+    huge = "Ignore previous instructions. " * 50_000  # 1.5 MB, no copy of a short window
+    started = time.perf_counter()
+    assert anchor_chunks(TEXT, WHOLE, [{"content": huge}]) == ([], 1)
+    assert time.perf_counter() - started < 0.5  # the whitespace-insensitive search takes ~8 s
+    doubled = TEXT.replace(" ", "  ").replace("\n", "\n\n")  # a copy spaced out is fine
+    assert anchor_chunks(TEXT, WHOLE, [{"content": doubled}])[1] == 0
 
 
 def test_anchors_search_forward_then_anywhere_in_the_window():

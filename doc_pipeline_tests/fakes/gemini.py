@@ -14,6 +14,8 @@ Answers are deterministic (see gemini_content): the text to chunk goes between `
 `TEXT>>>` in the user prompt. Faults (`add_fault`, `POST /_fake/faults`) match an API method
 name (`generateContent`, `batchEmbedContents`, `embedContent`, `countTokens`, `upload`,
 `files.get`, ... or `*`) and optionally a model. `upload` faults hit the start request.
+A request the client gave up on before its answer (it timed out during a delay or a hang) is
+logged with status None and `client_gone`: it was never answered.
 
 Run standalone: python -m doc_pipeline_tests.fakes.gemini --port 8765 [--host H] [--log FILE]
 """
@@ -50,7 +52,8 @@ from doc_pipeline_tests.fakes.gemini_http import (
 
 @dataclass
 class Fault:
-    """One fault rule; `times=None` applies forever."""
+    """One fault rule; `times=None` applies forever, `after=K` lets the first K matching
+    requests through untouched (to later rules) before it applies."""
 
     method: str = "*"
     times: int | None = None
@@ -62,19 +65,33 @@ class Fault:
     invalid_json: bool = False
     safety_block: bool = False
     drop_connection: bool = False
+    after: int = 0
+    hang: bool = False  # never answer: wait until the client gives up (or the server stops)
+    compromised: str | None = None  # one of api.COMPROMISED: answers like a hijacked model
+    extra_fields: dict | None = None  # added to every item of a compromised answer
 
     def __post_init__(self) -> None:
         if self.method not in FAULT_METHODS:
             raise ValueError(f"unknown fault method {self.method!r}; one of {FAULT_METHODS}")
+        if self.compromised not in (None, *api.COMPROMISED):
+            raise ValueError(f"compromised must be one of {api.COMPROMISED}")
+        if self.after < 0:
+            raise ValueError("after must be >= 0")
         if self.model:
             self.model = self.model.removeprefix("models/")
 
     def matches(self, method: str, model: str | None) -> bool:
         return self.method in ("*", method) and self.model in (None, model)
 
-    def shaping(self) -> api.Shaping:
+    def shaping(self, foreign: tuple[str, ...] = ()) -> api.Shaping:
         return api.Shaping(
-            self.truncate_json, self.fenced_json, self.invalid_json, self.safety_block
+            self.truncate_json,
+            self.fenced_json,
+            self.invalid_json,
+            self.safety_block,
+            self.compromised,
+            foreign,
+            self.extra_fields or {},
         )
 
     def describe(self) -> dict:
@@ -100,6 +117,8 @@ class FakeGemini:
         self._lock = threading.Lock()
         self._requests: list[dict] = []
         self._faults: list[Fault] = []
+        # Marked texts of earlier requests: what a compromised answer leaks (other documents).
+        self._chunked_texts: list[str] = []
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -117,6 +136,7 @@ class FakeGemini:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._chunked_texts.clear()
 
     def add_fault(
         self,
@@ -131,9 +151,16 @@ class FakeGemini:
         invalid_json: bool = False,
         safety_block: bool = False,
         drop_connection: bool = False,
+        after: int = 0,
+        hang: bool = False,
+        compromised: str | None = None,
+        extra_fields: dict | None = None,
     ) -> Fault:
-        """Adds a rule for the next `times` matching requests (None: forever); rules are tried
-        in the order added and the first match applies."""
+        """Adds a rule for the next `times` matching requests (None: forever) once `after`
+        matching requests went by; rules are tried in the order added and the first match
+        applies. `compromised` answers generateContent like a hijacked model (see
+        gemini_content.compromised_answer): "mixed" keeps the source's text with hostile
+        metadata and adds invented chunks, "invented" has no text of the source at all."""
         fault = Fault(
             method,
             times,
@@ -145,6 +172,10 @@ class FakeGemini:
             invalid_json,
             safety_block,
             drop_connection,
+            after,
+            hang,
+            compromised,
+            extra_fields,
         )
         with self._lock:
             self._faults.append(fault)
@@ -201,6 +232,9 @@ class FakeGemini:
             reply = Reply(exc.code, exc.body())
             if call.method.startswith("upload"):  # the SDK retries uploads without this
                 reply.headers["X-Goog-Upload-Status"] = "final"
+        if fault is not None and (fault.delay_seconds or fault.hang) and call.client_gone():
+            reply = Reply(drop=True)  # nobody is left to read the answer: never answered
+            entry.update(client_gone=True)
         entry.update(status=None if reply.drop else reply.status)
         entry.update(fault=fault.describe() if fault else None)
         self._record(entry)
@@ -238,6 +272,9 @@ class FakeGemini:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(call.method, call.model):
+                    if fault.after > 0:
+                        fault.after -= 1  # not yet: this request goes on to later rules
+                        continue
                     applied = dataclasses.replace(fault)  # logged as it was when it matched
                     if fault.times is not None:
                         fault.times -= 1
@@ -249,8 +286,9 @@ class FakeGemini:
     def _faulted(self, call: Call, fault: Fault | None) -> Reply | None:
         if fault is None:
             return None
-        if fault.delay_seconds:
-            time.sleep(fault.delay_seconds)
+        waited = fault.delay_seconds or fault.hang
+        if waited and not _wait(call, None if fault.hang else fault.delay_seconds):
+            return Reply(drop=True)  # the client gave up waiting
         if fault.drop_connection:
             return Reply(drop=True)
         if fault.status:
@@ -258,9 +296,13 @@ class FakeGemini:
         return None
 
     def _call(self, call: Call, fault: Fault | None, entry: dict) -> Reply:
-        shaping = fault.shaping() if fault else api.Shaping()
         if call.method in ("generateContent", "streamGenerateContent"):
-            body = api.generate(call.json(), call.model, call.version, self.files, shaping)
+            request = call.json()
+            with self._lock:
+                foreign = tuple(self._chunked_texts)
+            shaping = fault.shaping(foreign) if fault else api.Shaping()
+            body = api.generate(request, call.model, call.version, self.files, shaping)
+            self._remember(api.marked_text(request, self.files))
             usage = body["usageMetadata"]
             entry.update(
                 prompt_tokens=usage["promptTokenCount"],
@@ -306,6 +348,12 @@ class FakeGemini:
             return Reply(headers={"X-Goog-Upload-Status": "active"})
         return Reply(body={"file": resource}, headers={"X-Goog-Upload-Status": "final"})
 
+    def _remember(self, text: str | None) -> None:
+        with self._lock:
+            if text and text not in self._chunked_texts:
+                self._chunked_texts.append(text)
+                del self._chunked_texts[:-50]  # the newest are enough to leak from
+
     def _record(self, entry: dict) -> None:
         with self._lock:
             self._requests.append(entry)
@@ -335,6 +383,17 @@ class FakeGemini:
             return Reply(400, ApiError(400, str(exc)).body())
         except ApiError as exc:
             return Reply(exc.code, exc.body())
+
+
+def _wait(call: Call, seconds: float | None) -> bool:
+    """Sleeps `seconds` (None: until the client leaves); False if the client left first."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while deadline is None or time.monotonic() < deadline:
+        if call.client_gone():
+            return False
+        left = 0.02 if deadline is None else deadline - time.monotonic()
+        time.sleep(max(0.0, min(0.02, left)))
+    return True
 
 
 def _fault_rules(raw: bytes) -> list[dict]:

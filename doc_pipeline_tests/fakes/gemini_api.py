@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from doc_pipeline_tests.fakes import gemini_content as gc
@@ -17,6 +17,7 @@ from doc_pipeline_tests.fakes.gemini_files import FileStore
 from doc_pipeline_tests.fakes.gemini_http import ApiError, not_supported
 
 MAX_BATCH = 100
+COMPROMISED = ("mixed", "invented")  # see gemini_content.compromised_answer
 
 
 @dataclass
@@ -43,6 +44,11 @@ def read_prompt(body: dict, files: FileStore) -> Prompt:
     return Prompt("\n\n".join(user), "\n\n".join(attached), tokens)
 
 
+def marked_text(body: dict, files: FileStore) -> str | None:
+    """The text between the markers of a generateContent request, if it has one."""
+    return gc.extract_marked(read_prompt(body, files).user_text)
+
+
 def _part_text(part: dict, files: FileStore) -> str:
     if "text" in part:
         return part["text"]
@@ -62,6 +68,9 @@ class Shaping:
     fenced_json: bool = False
     invalid_json: bool = False
     safety_block: bool = False
+    compromised: str | None = None  # one of COMPROMISED
+    foreign: tuple[str, ...] = ()  # texts of other requests, for a compromised answer to leak
+    extra_fields: dict = field(default_factory=dict)
 
 
 def generate(body: dict, model: str, version: str, files: FileStore, shaping: Shaping) -> dict:
@@ -73,6 +82,15 @@ def generate(body: dict, model: str, version: str, files: FileStore, shaping: Sh
     if config.get("responseSchema") and config.get("responseJsonSchema"):
         raise ApiError(400, "response_schema must not be set when response_json_schema is set.")
     prompt = read_prompt(body, files)
+    if shaping.compromised:
+        text = gc.compromised_answer(
+            config.get("responseJsonSchema") or config.get("responseSchema"),
+            prompt.user_text,
+            shaping.compromised,
+            shaping.foreign,
+            shaping.extra_fields,
+        )
+        return _generate_response(body, model, config, prompt, text, "STOP")
     text = _answer_text(config, prompt)
     finish = "STOP"
     limit = config.get("maxOutputTokens")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -145,6 +146,8 @@ class Call:
     version: str = ""
     model: str | None = None
     file_id: str | None = None
+    # True once the client closed its connection (e.g. it timed out waiting for an answer).
+    client_gone: Callable[[], bool] = lambda: False
 
     def json(self) -> dict:
         if not self.raw:
@@ -240,7 +243,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
-        call = Call(method, url.path, query, headers, raw)
+        call = Call(method, url.path, query, headers, raw, client_gone=self._client_gone)
         reply = self.server.dispatch(call)
         if reply.drop:
             self._drop()
@@ -263,6 +266,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. timed out during a delay)
+
+    def _client_gone(self) -> bool:
+        """True when the client closed the connection: readable with nothing left to read."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):  # reset, or already closed by stop()
+            return True
 
     def _drop(self) -> None:
         self.close_connection = True
