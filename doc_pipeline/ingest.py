@@ -25,14 +25,12 @@ from doc_pipeline.core.stages import TRANSIENT, classify, describe, redact
 from doc_pipeline.db import migrate, store
 from doc_pipeline.db.server import database_urls
 from doc_pipeline.instance import open_instance
+from doc_pipeline.jobs import UP_TO_EMBEDDINGS
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.run_recovery import reap_dead_runs
 from doc_pipeline.settings import Settings
 
-UP_TO_EMBEDDINGS = [
-    AssetKey(name) for name in ("source_document", "extracted_markdown", "chunks", "embeddings")
-]
 CONNECTIONS = [AssetKey("connections")]
 # Dagster's own step logs go to the run's event log (and the UI); the terminal shows progress.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -91,9 +89,7 @@ class Ingestion:
         outcomes = self._register(engine, files)
         by_document = {o.document_id: o for o in outcomes if o.document_id}
         with open_instance(self.settings) as instance:
-            # A killed earlier ingest leaves its run STARTED, holding its AI pool slot.
-            stale_after = timedelta(minutes=Liveness().stale_after_minutes)
-            self.reaped = reap_dead_runs(instance, engine, stale_after)[1]
+            self._reap(instance, engine)
             known = set(instance.get_dynamic_partitions(documents_partitions.name))
             instance.add_dynamic_partitions(
                 documents_partitions.name, [d for d in by_document if d not in known]
@@ -106,14 +102,19 @@ class Ingestion:
         self._fill_summaries(engine, outcomes)
         return outcomes
 
+    def _reap(self, instance: DagsterInstance, engine: Engine) -> None:
+        """Fail the dead runs of earlier ingests first: a killed ingest leaves its run STARTED,
+        holding its AI pool slot."""
+        stale_after = timedelta(minutes=Liveness().stale_after_minutes)
+        self.reaped = reap_dead_runs(instance, engine, stale_after)[1]
+
     def rerun(self, document_ids: list[str], assets: list[AssetKey]) -> list[IngestOutcome]:
         """Materialize the assets again for registered documents (`doc-pipeline backfill`):
         one run per document; the AI ledger answers every request whose input is unchanged."""
         engine = prepare_app_database(self.settings)
         outcomes = []
         with open_instance(self.settings) as instance:
-            stale_after = timedelta(minutes=Liveness().stale_after_minutes)
-            self.reaped = reap_dead_runs(instance, engine, stale_after)[1]
+            self._reap(instance, engine)
             for document_id in document_ids:
                 document = store.get_document(engine, document_id)
                 outcome = IngestOutcome(

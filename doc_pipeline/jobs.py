@@ -1,12 +1,17 @@
 """The document job: every stage of one document partition, in one run worker process."""
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import AssetKey, AssetSelection, define_asset_job, in_process_executor
 
 from doc_pipeline.assets import document_assets
 from doc_pipeline.partitions import documents_partitions
 
 DOCUMENT_JOB = "document_job"
 MAX_RUNTIME_SECONDS = 6 * 60 * 60
+# What a new document's run materializes: its connections follow in a run of their own (by
+# `ingest` once its batch is embedded, or by the connections automation).
+UP_TO_EMBEDDINGS = [
+    AssetKey(name) for name in ("source_document", "extracted_markdown", "chunks", "embeddings")
+]
 
 # In-process: a killed run worker must not leave a step process behind that finishes an AI call
 # the retry then pays for again, and it saves seconds of process start per step.

@@ -7,7 +7,6 @@ before it starts (a CLI run killed earlier must not hold its AI pool slot foreve
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from sqlalchemy.engine import Engine
 from doc_pipeline.assets import document_assets
 from doc_pipeline.concurrency import PARTITION_TAG
 from doc_pipeline.core.heartbeat import newest_beats
+from doc_pipeline.core.processes import pid_alive
 from doc_pipeline.core.reaper import StartedRun, Verdict, dead_runs
 from doc_pipeline.core.resume import DocumentState, GiveUp, RecoveryPolicy, RunOutcome, decide
 from doc_pipeline.core.stages import TRANSIENT
@@ -30,16 +30,6 @@ LOOKBACK = timedelta(days=1)
 # A job's (or run's) own stale limit, in minutes, instead of `liveness.stale_after_minutes`.
 STALE_AFTER_TAG = "doc_pipeline/stale_after_minutes"
 ASSET_ORDER = [key for asset in document_assets for key in asset.keys]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_dead_runs(
@@ -70,7 +60,7 @@ def reap_dead_runs(
         now=datetime.now(UTC),
         stale_after=stale_after,
         this_host=socket.gethostname(),
-        pid_alive=_pid_alive,
+        pid_alive=pid_alive,
     )
     for verdict in verdicts:
         message = f"doc_pipeline reaper: run {verdict.run_id[:8]} failed because {verdict.reason}"

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 
 from dagster import (
-    AssetKey,
     AssetSelection,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
@@ -22,7 +21,7 @@ from dagster import (
 from doc_pipeline.core.registration import register_file
 from doc_pipeline.core.uploads import look
 from doc_pipeline.db import store
-from doc_pipeline.jobs import MAX_RUNTIME_SECONDS, document_job
+from doc_pipeline.jobs import MAX_RUNTIME_SECONDS, UP_TO_EMBEDDINGS, document_job
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
@@ -34,10 +33,6 @@ from doc_pipeline.run_recovery import failed_documents, reap_dead_runs
 REAPER_INTERVAL_ENV = "DOC_PIPELINE_REAPER_INTERVAL_SECONDS"
 AUTOMATION_INTERVAL_ENV = "DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS"
 UPLOADS_INTERVAL_ENV = "DOC_PIPELINE_UPLOADS_INTERVAL_SECONDS"
-# An uploaded document's run stops at embeddings: the connections automation takes it from there.
-UP_TO_EMBEDDINGS = [
-    AssetKey(name) for name in ("source_document", "extracted_markdown", "chunks", "embeddings")
-]
 RESUME_OF_TAG = "doc_pipeline/resume_of"
 ATTEMPT_TAG = "doc_pipeline/attempt"
 UPLOAD_TAG = "doc_pipeline/upload"  # the uploaded file's name

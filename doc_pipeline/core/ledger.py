@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
+from doc_pipeline.core.processes import pid_alive
 from doc_pipeline.db.models import AICall, AIResponse
 
 
@@ -127,13 +128,7 @@ def _holder_is_dead(owner: str | None) -> bool:
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False  # another host: only the lease's expiry can tell
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(int(pid_text))
 
 
 def _identity(request: AIRequest, key: str, context: dict) -> dict[str, Any]:
