@@ -343,3 +343,22 @@ def test_entities_in_the_package_files_are_never_expanded(tmp_path: Path, member
     everything = " ".join([book.title, book.markdown, *book.warnings])
     assert "root:" not in everything and "nologin" not in everything
     assert "lollol" not in everything
+
+
+def test_control_characters_are_removed_not_fatal(tmp_path: Path) -> None:
+    def sprinkle(text: str) -> str:
+        return text.replace("<p>", "<p>\x01", 2).replace("</p>", "\x00</p>", 1)
+
+    book = epub_to_markdown(_flatland_with_chapter_4(tmp_path, sprinkle))
+    assert "text/chapter-4.xhtml: removed 3 control character(s)" in book.warnings
+    assert not re.search(r"[\x00-\x08\ufffd]", book.markdown)
+    assert Counter(words(book.markdown)) == Counter(words(convert(FLATLAND).markdown))
+
+
+def test_a_zip_version_zipfile_cannot_read_is_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "v84.epub"
+    raw = bytearray((CORPUS / PETER).read_bytes())
+    raw[raw.rfind(b"PK\x01\x02") + 6] = 84  # "version needed to extract": 8.4
+    path.write_bytes(raw)
+    with pytest.raises(InvalidBookError, match=r"^v84\.epub: not a valid ZIP archive \(zip file"):
+        epub_to_markdown(path)

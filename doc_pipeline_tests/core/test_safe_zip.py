@@ -110,3 +110,12 @@ def test_a_header_that_understates_the_size_is_caught(tmp_path: Path) -> None:
     with pytest.raises(InvalidBookError, match=r"^book\.epub: member 'lie.html' is corrupt"):
         archive.read("lie.html")
     assert archive.inflated == 0
+
+
+def test_an_encrypted_member_is_named(tmp_path: Path) -> None:
+    path = _archive(tmp_path / "a.zip", {"mimetype": b"application/epub+zip"})
+    raw = bytearray(path.read_bytes())
+    raw[raw.rfind(b"PK\x01\x02") + 8] |= 0x1  # central directory: "encrypted" flag
+    path.write_bytes(raw)
+    with pytest.raises(InvalidBookError, match=r"member 'mimetype' is encrypted"):
+        _open(path).read("mimetype")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import zipfile
 import zlib
@@ -49,8 +50,12 @@ def _check_archive(path: Path, name: str, warnings: list[str], limits: ReaderLim
         EOFError,
         ValueError,
         zlib.error,
+        NotImplementedError,  # a compression method or ZIP version zipfile cannot read
     ) as exc:
-        raise InvalidBookError(f"{name}: not a valid ZIP archive ({exc})") from exc
+        reason = str(exc)
+        if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # a seek before the start
+            reason = "corrupt: an offset in its directory points outside the file"
+        raise InvalidBookError(f"{name}: not a valid ZIP archive ({reason})") from exc
 
 
 def _not_zip_reason(head: bytes) -> str:

@@ -54,6 +54,9 @@ _ENTITY_REF = re.compile(rb"&([A-Za-z][A-Za-z0-9]{1,31});")
 _XML_BUILTIN_ENTITIES = {b"amp", b"lt", b"gt", b"quot", b"apos"}
 
 _SPACE_RUN = re.compile(r"\s+")
+# C0 control characters other than tab, newline and carriage return: XML forbids them, so lxml
+# refuses them in text. Never part of a multi-byte UTF-8 (or any 8-bit) character.
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 @dataclass
@@ -228,6 +231,9 @@ def _defuse_entities(data: bytes, name: str, warnings: list[str]) -> bytes:
     rest are dropped and reported. Nothing is ever expanded."""
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16: leave to the parser
         return data
+    data, controls = _CONTROL_BYTES.subn(b"", data)
+    if controls:
+        warnings.append(f"{name}: removed {controls} control character(s)")
     html_start = data.find(b"<html")
     doctype = re.search(rb"<!DOCTYPE[^>\[]*\[", data[:html_start]) if html_start > 0 else None
     if doctype:

@@ -121,6 +121,8 @@ class SafeZip:
         if reason:
             raise UnsafeMemberError(name, reason)
         info = self.zf.getinfo(name)
+        if info.flag_bits & 0x1:
+            raise InvalidBookError(f"{self.book}: member {name!r} is encrypted (needs a password)")
         counted = self.inflated - self._counted.get(name, 0)  # a re-read counts once
         budget = min(self.limits.max_member_bytes, self.limits.max_total_bytes - counted)
         data = bytearray()
