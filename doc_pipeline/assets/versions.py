@@ -16,8 +16,8 @@ from doc_pipeline.resources.gemini_provider import GeminiProvider
 from doc_pipeline.settings import Settings
 
 SOURCE_VERSION = "1"
-CONVERTER_VERSION = "1"  # core/epub
-CHUNKER_VERSION = "1"  # core/chunking, core/ai_chunking
+CONVERTER_VERSION = "2"  # core/epub (2: hardened reader, control characters, lost-word fixes)
+CHUNKER_VERSION = "2"  # core/chunking, core/ai_chunking (2: untrusted-answer cleaning)
 CONNECTIONS_VERSION = "1"  # core/semantic, core/contradiction, core/bridges
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
