@@ -362,3 +362,14 @@ def test_a_zip_version_zipfile_cannot_read_is_invalid(tmp_path: Path) -> None:
     path.write_bytes(raw)
     with pytest.raises(InvalidBookError, match=r"^v84\.epub: not a valid ZIP archive \(zip file"):
         epub_to_markdown(path)
+
+
+def test_a_misplaced_mimetype_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "late-mimetype.epub"
+    with zipfile.ZipFile(CORPUS / PETER) as source, zipfile.ZipFile(path, "w") as target:
+        infos = source.infolist()
+        for info in [*infos[1:], infos[0]]:  # mimetype last instead of first
+            target.writestr(info, source.read(info))
+    book = epub_to_markdown(path)
+    assert "mimetype is not the archive's first member" in book.warnings
+    assert book.markdown == convert(PETER).markdown
