@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import yaml
-from sqlalchemy.engine import Engine
 
 from doc_pipeline.db import store
 from doc_pipeline_tests.conftest import CORPUS, create_database
+from doc_pipeline_tests.document_data import CONNECT_EVERYTHING, DocumentData, document_data
 from doc_pipeline_tests.processes import stop_process_group
 
 # Sherlock's markdown (about 600 kB of JSON) is larger than its EPUB (250 kB); Peter Rabbit's
@@ -26,39 +25,6 @@ from doc_pipeline_tests.processes import stop_process_group
 SHERLOCK = CORPUS / "epub" / "pg1661-sherlock-holmes.epub2.epub"
 RABBIT = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"
 BOOKS = (SHERLOCK, RABBIT)
-# Every pair of chunks is similar enough, so that the connections compared are not empty.
-RUN_CONFIG = {"resources": {"provider": {"config": {"connection_min_similarity": 0.0}}}}
-
-
-@dataclass(frozen=True)
-class DocumentData:
-    chunks: dict[str, str]  # id -> content
-    vectors: dict[str, str]  # chunk id -> the vector as Postgres prints it
-    connections: frozenset[tuple[str, str, str, float]]  # those found from this document
-
-
-def document_data(engine: Engine, document_id: str) -> DocumentData:
-    with engine.connect() as conn:
-        vectors = conn.execute(
-            sa.text(
-                "SELECT e.chunk_id, e.model || ':' || e.embedding::text FROM embeddings e"
-                " JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = :doc"
-            ),
-            {"doc": document_id},
-        ).all()
-        connections = conn.execute(
-            sa.text(
-                "SELECT source_chunk_id, target_chunk_id, connection_type,"
-                " round(strength::numeric, 6) FROM connections WHERE source_chunk_id IN"
-                " (SELECT id FROM chunks WHERE document_id = :doc)"
-            ),
-            {"doc": document_id},
-        ).all()
-    return DocumentData(
-        chunks={c["id"]: c["content"] for c in store.load_chunks(engine, document_id)},
-        vectors=dict(vectors),
-        connections=frozenset((s, t, kind, float(v)) for s, t, kind, v in connections),
-    )
 
 
 @dataclass(frozen=True)
@@ -76,7 +42,7 @@ class LocalPipeline:
         self.database_url = database_url
         home.mkdir(parents=True, exist_ok=True)
         self.config = home / "run_config.yaml"
-        self.config.write_text(yaml.safe_dump(RUN_CONFIG))
+        self.config.write_text(yaml.safe_dump(CONNECT_EVERYTHING))
         self.env = {
             **{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
             "DOC_PIPELINE_HOME": str(home),

@@ -100,6 +100,9 @@ mutation Backfill($params: LaunchBackfillParams!) {
   }
 }
 """
+UI_CONTENTS = (
+    "{ assetNodes { assetKey { path } } runsOrError { ... on Runs { results { runId } } } }"
+)
 BACKFILL_STATUS = """
 query Status($id: String!) {
   partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } }
@@ -107,7 +110,7 @@ query Status($id: String!) {
 """
 
 
-def test_a_backfill_from_the_ui_runs_the_stage_for_each_partition(
+def test_the_ui_serves_the_cli_runs_and_a_backfill_from_it_runs_the_stage_for_each_partition(
     postgres_server, tmp_path, monkeypatch
 ):
     use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
@@ -120,12 +123,25 @@ def test_a_backfill_from_the_ui_runs_the_stage_for_each_partition(
         timeout=600,
     )
     assert ingest.returncode == 0, ingest.stderr[-3000:]
-    documents = sorted(o["document_id"] for o in json.loads(ingest.stdout))
+    outcomes = json.loads(ingest.stdout)
+    documents = sorted(o["document_id"] for o in outcomes)
 
     port = free_port()
     ui = start_ui(port, tmp_path / "ui.log")
     try:
-        wait_for_graphql(port, "{ version }", ui, timeout=300)
+        # `doc-pipeline ui` is dagster dev on the same instance: it serves the five assets and
+        # lists the runs the CLI made.
+        data = wait_for_graphql(port, UI_CONTENTS, ui, timeout=300)
+        assets = {"/".join(node["assetKey"]["path"]) for node in data["assetNodes"]}
+        assert assets == {
+            "source_document",
+            "extracted_markdown",
+            "chunks",
+            "embeddings",
+            "connections",
+        }
+        listed = {run["runId"] for run in data["runsOrError"]["results"]}
+        assert {run_id for o in outcomes for run_id in o["run_ids"]} <= listed
         params = {"partitionNames": documents, "assetSelection": [{"path": ["chunks"]}]}
         launched = graphql(port, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,44 +27,12 @@ from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
 from doc_pipeline_tests.crash_points import SLOWED, STAGES, paid_bodies, slow_down, worker_inside
 from doc_pipeline_tests.dagster_ui import document_settled, launch_document_run
+from doc_pipeline_tests.document_data import CONNECT_EVERYTHING, DocumentData, document_data
 from doc_pipeline_tests.fakes import FakeGemini
 from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
 
 BOOK = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
 OTHER_BOOK = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"  # what BOOK connects to
-# Every pair of chunks is similar enough, so that the connections compared are not empty.
-RUN_CONFIG = {"resources": {"provider": {"config": {"connection_min_similarity": 0.0}}}}
-
-
-@dataclass(frozen=True)
-class DocumentData:
-    chunk_ids: frozenset[str]
-    vectors: dict[str, tuple[float, ...]]
-    connections: frozenset[tuple[str, str, str, float]]
-
-
-def document_data(engine, document_id: str) -> DocumentData:
-    with engine.connect() as conn:
-        vectors = conn.execute(
-            sa.text(
-                "SELECT e.chunk_id, e.embedding::text FROM embeddings e"
-                " JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = :doc"
-            ),
-            {"doc": document_id},
-        ).all()
-        connections = conn.execute(
-            sa.text(
-                "SELECT source_chunk_id, target_chunk_id, connection_type, round(strength::numeric,"
-                " 6) FROM connections WHERE source_chunk_id IN"
-                " (SELECT id FROM chunks WHERE document_id = :doc)"
-            ),
-            {"doc": document_id},
-        ).all()
-    return DocumentData(
-        chunk_ids=frozenset(c["id"] for c in store.load_chunks(engine, document_id)),
-        vectors={chunk_id: tuple(json.loads(text)) for chunk_id, text in vectors},
-        connections=frozenset((s, t, kind, float(v)) for s, t, kind, v in connections),
-    )
 
 
 def _gemini_env(fake: FakeGemini) -> dict[str, str]:
@@ -87,7 +54,7 @@ def _cli_ingest(env: dict, book: Path, config: Path) -> str:
 @pytest.fixture(scope="module")
 def run_config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "run_config.yaml"
-    path.write_text(yaml.safe_dump(RUN_CONFIG))
+    path.write_text(yaml.safe_dump(CONNECT_EVERYTHING))
     return path
 
 
@@ -119,7 +86,7 @@ def crash_home(postgres_server, tmp_path, monkeypatch, fake, run_config_file, cl
     for name, value in _gemini_env(fake).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("DOC_PIPELINE_REAPER_INTERVAL_SECONDS", "3")
-    # The document job connects the book itself, with RUN_CONFIG; the connections automation
+    # The document job connects the book itself, with CONNECT_EVERYTHING; the connections automation
     # (default config) must not race it between the kill and the retry.
     monkeypatch.setenv("DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS", "86400")
     _cli_ingest(dict(os.environ), OTHER_BOOK, run_config_file)
@@ -172,7 +139,7 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
     port = free_port()
     ui = start_ui(port, tmp_path / "ui.log")
     try:
-        run_id = launch_document_run(port, ui, document_id, RUN_CONFIG)
+        run_id = launch_document_run(port, ui, document_id, CONNECT_EVERYTHING)
         with worker_inside(stage, engine, fake, document_id, run_id) as pid:
             os.kill(pid, signal.SIGKILL)
         wait_until(
@@ -195,7 +162,7 @@ def test_killing_the_whole_dagster_process_tree_and_starting_it_again_recovers_t
     port = free_port()
     uis = [start_ui(port, tmp_path / "ui-1.log")]
     try:
-        run_id = launch_document_run(port, uis[0], document_id, RUN_CONFIG)
+        run_id = launch_document_run(port, uis[0], document_id, CONNECT_EVERYTHING)
         with worker_inside("chunking", engine, fake, document_id, run_id) as pid:
             os.killpg(uis[0].pid, signal.SIGKILL)  # webserver, daemon, code server
             with contextlib.suppress(ProcessLookupError):

@@ -24,14 +24,13 @@ from doc_pipeline.instance import open_instance
 from doc_pipeline.run_recovery import reap_dead_runs
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import use_home
+from doc_pipeline_tests.document_data import DocumentData, document_data
 from doc_pipeline_tests.outages import (
     BOOKS,
     RABBIT,
     SHERLOCK,
-    DocumentData,
     LocalPipeline,
     clean_data,
-    document_data,
 )
 from doc_pipeline_tests.private_postgres import PrivatePostgres
 from doc_pipeline_tests.processes import stop_process_group, wait_until

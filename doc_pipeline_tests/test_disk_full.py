@@ -21,14 +21,13 @@ from doc_pipeline.core.ids import document_id_for, file_sha256
 from doc_pipeline.core.registration import stored_source_path
 from doc_pipeline.db import store
 from doc_pipeline_tests.conftest import create_database
+from doc_pipeline_tests.document_data import DocumentData, document_data
 from doc_pipeline_tests.outages import (
     BOOKS,
     RABBIT,
     SHERLOCK,
-    DocumentData,
     LocalPipeline,
     clean_data,
-    document_data,
 )
 
 LIMIT_BYTES = 400 * 1024

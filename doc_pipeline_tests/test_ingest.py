@@ -17,7 +17,6 @@ from doc_pipeline.core.chunking import count_words
 from doc_pipeline.db import store
 from doc_pipeline.ingest import document_job
 from doc_pipeline_tests.conftest import GOOD_BOOKS, MALFORMED_BOOKS, create_database, use_home
-from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_for_graphql
 from doc_pipeline_tests.wordcount import body_words, words
 
 MAX_WORDS = 1200
@@ -168,30 +167,6 @@ def test_status_and_export(ingested):
     assert [line["index"] for line in lines] == list(range(row["chunks"]))
     assert {"id", "index", "content", "heading_path", "metadata"} <= set(lines[0])
     assert pipeline.cli("status", "zzzz").exit_code == 2
-
-
-def test_ui_serves_the_assets_and_the_ingest_runs(ingested, tmp_path):
-    """`doc-pipeline ui` starts dagster dev on the same instance: the CLI's runs are listed."""
-    _, _, outcomes = ingested
-    port = free_port()
-    process = start_ui(port, tmp_path / "ui.log")
-    try:
-        query = (
-            "{ assetNodes { assetKey { path } } runsOrError { ... on Runs { results { runId } } } }"
-        )
-        data = wait_for_graphql(port, query, process, timeout=180)
-        assets = {"/".join(node["assetKey"]["path"]) for node in data["assetNodes"]}
-        assert assets == {
-            "source_document",
-            "extracted_markdown",
-            "chunks",
-            "embeddings",
-            "connections",
-        }
-        listed = {run["runId"] for run in data["runsOrError"]["results"]}
-        assert set(outcomes[GOOD_BOOKS[0].name]["run_ids"]) <= listed
-    finally:
-        stop_process_group(process)
 
 
 def test_a_downstream_asset_alone_loads_its_inputs(ingested):

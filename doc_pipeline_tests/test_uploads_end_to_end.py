@@ -1,9 +1,15 @@
 """Dropping books into `uploads/` with `doc-pipeline ui` running is all a user does: each book
-ends connected, and a file that is not a book fails once, as invalid input, with the reason."""
+ends connected, and a file that is not a book fails once, as invalid input, with the reason.
+
+Also the asynchronous connections: each book's upload run stops at embeddings and exactly one
+run started by the `connections_automation` sensor connects it; the two books' connections show
+from both sides, although neither book was processed again after the other arrived."""
 
 from __future__ import annotations
 
 import shutil
+
+from dagster import AssetKey
 
 from doc_pipeline.db import store
 from doc_pipeline.ingest import prepare_app_database
@@ -57,9 +63,34 @@ def test_books_dropped_into_uploads_end_connected(postgres_server, tmp_path, mon
     per_document = {}
     for run in runs:
         per_document.setdefault(run.tags["dagster/partition"], []).append(run)
-    # The junk file was tried once and not retried; each book had its document run and its
-    # connections run.
+    # The junk file was tried once and not retried; each book had its upload run (up to
+    # embeddings) and one connections run, started by the automation.
     assert len(per_document[junk["id"]]) == 1
     for book in BOOKS:
-        assert len(per_document[by_file[book.name]["id"]]) == 2
+        document = by_file[book.name]["id"]
+        upload, connecting = sorted(
+            per_document[document], key=lambda r: "connections" in str(r.asset_selection)
+        )
+        assert upload.status.value == connecting.status.value == "SUCCESS"
+        assert AssetKey("connections") not in upload.asset_selection
+        assert connecting.asset_selection == {AssetKey("connections")}
+        assert connecting.tags.get("dagster/sensor_name") == "connections_automation"
+        completed = store.document_details(engine, document)["completed_stages"]
+        assert completed["embedded"] <= completed["connected"]
+
+    # Each connection joins the two books and shows from both: found from one chunk, and from
+    # the other book's side as found from the other chunk.
+    first, second = (by_file[book.name]["id"] for book in BOOKS)
+    found = {
+        document: [
+            c for chunk in store.connections_of_document(engine, document).values() for c in chunk
+        ]
+        for document in (first, second)
+    }
+    assert found[first] and found[second]
+    assert all(c["other_document_id"] == second for c in found[first])
+    assert all(c["other_document_id"] == first for c in found[second])
+    from_first = sum(c["found"] == "found from this chunk" for c in found[first])
+    assert from_first == sum(c["found"] == "found from the other chunk" for c in found[second])
+    assert len(found[first]) == len(found[second])
     engine.dispose()
