@@ -71,8 +71,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="doc-pipeline-bench-"))
     os.environ["DOC_PIPELINE_HOME"] = str(home)
     os.environ.pop("DATABASE_URL", None)
+    from doc_pipeline.db.app import prepare_app_database
     from doc_pipeline.db.server import database_urls, stop_embedded
-    from doc_pipeline.ingest import Ingestion, prepare_app_database
+    from doc_pipeline.ingest import Ingestion
     from doc_pipeline.instance import open_instance
     from doc_pipeline.settings import Settings
 

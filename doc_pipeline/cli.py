@@ -91,7 +91,7 @@ def _settings() -> Settings:
 
 
 def _app_engine():
-    from doc_pipeline.ingest import prepare_app_database
+    from doc_pipeline.db.app import prepare_app_database
 
     return prepare_app_database(_settings())
 
@@ -188,7 +188,7 @@ def ingest(
     )
     watcher = threading.Thread(target=watch, daemon=True)
     with progress:
-        from doc_pipeline.ingest import prepare_app_database
+        from doc_pipeline.db.app import prepare_app_database
 
         engine_box.append(prepare_app_database(settings))
         watcher.start()

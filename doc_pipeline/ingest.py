@@ -22,8 +22,8 @@ from doc_pipeline.core.atomic_write import StorageWriteError
 from doc_pipeline.core.reaper import Verdict
 from doc_pipeline.core.registration import register_file
 from doc_pipeline.core.stages import TRANSIENT, classify, describe, redact
-from doc_pipeline.db import migrate, store
-from doc_pipeline.db.server import database_urls
+from doc_pipeline.db import store
+from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.instance import open_instance
 from doc_pipeline.jobs import UP_TO_EMBEDDINGS
 from doc_pipeline.partitions import documents_partitions
@@ -226,13 +226,6 @@ class Ingestion:
                 # The database may still show the stage that the outage interrupted.
                 outcome.stage = "failed"
                 outcome.error_class, outcome.error_message = self.failed_here[outcome.document_id]
-
-
-def prepare_app_database(settings: Settings) -> Engine:
-    """The app database's engine, migrated to the newest schema."""
-    url = database_urls(settings).app
-    migrate.upgrade(url)
-    return store.engine_for(url)
 
 
 def _merged(base: dict, override: dict) -> dict:

@@ -30,7 +30,7 @@ from doc_pipeline.checks import AIBudget, asset_checks
 from doc_pipeline.core.ledger import LedgerScope
 from doc_pipeline.core.registration import register_file
 from doc_pipeline.db import integrity, store
-from doc_pipeline.ingest import prepare_app_database
+from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.jobs import DOCUMENT_JOB, document_job
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase

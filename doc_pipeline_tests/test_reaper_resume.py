@@ -12,7 +12,7 @@ import yaml
 from dagster import AssetKey
 
 from doc_pipeline.db import store
-from doc_pipeline.ingest import prepare_app_database
+from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.instance import open_instance
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home

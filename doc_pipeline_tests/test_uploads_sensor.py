@@ -9,7 +9,7 @@ import pytest
 from dagster import AssetKey, build_sensor_context
 
 from doc_pipeline.db import store
-from doc_pipeline.ingest import prepare_app_database
+from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
