@@ -130,7 +130,9 @@ def _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean,
     assert twice == []
 
 
-@pytest.mark.parametrize("stage", STAGES)
+# Extracting is left to bench/recovery.py (it has no AI request and no row but the document's
+# to lose); the suite's time goes to the stages that write chunks, vectors and connections.
+@pytest.mark.parametrize("stage", [stage for stage in STAGES if stage != "extracting"])
 def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
     crash_home, fake, clean, tmp_path, stage
 ):

@@ -141,25 +141,6 @@ def test_a_safety_block_fails_the_document_naming_the_chapter(pipeline):
     assert "Peter Rabbit" in outcome["error_message"] or "offset" in outcome["error_message"]
 
 
-def test_a_persistent_outage_fails_as_transient_and_keeps_every_paid_answer(pipeline):
-    pipeline.fake.add_fault("generateContent", times=3)  # the first three are answered
-    pipeline.fake.add_fault("generateContent", status=503)
-    outcome = pipeline.ingest(FLATLAND, expect_exit=1, fast_retries=True)[FLATLAND.name]
-    assert outcome["stage"] == "failed" and outcome["error_class"] == "transient"
-    assert "after 4 attempts" in outcome["error_message"]
-    assert "503 UNAVAILABLE" in outcome["error_message"]
-    assert pipeline.ledger()["paid"] == 3
-    answered = pipeline.paid_requests()["generateContent"]
-    assert answered == 3
-
-    pipeline.fake.clear_faults()
-    pipeline.fake.clear_requests()
-    assert pipeline.ingest(FLATLAND)[FLATLAND.name]["stage"] == "connected"
-    assert pipeline.ledger()["hit"] >= 3  # the answers paid before the outage were reused
-    bodies = [r["body_sha256"] for r in pipeline.fake.requests if r["status"] == 200]
-    assert len(bodies) == len(set(bodies))
-
-
 def test_the_api_key_appears_nowhere(pipeline):
     pipeline.fake.add_fault("generateContent", times=1, status=500)
     pipeline.ingest(PETER_RABBIT)

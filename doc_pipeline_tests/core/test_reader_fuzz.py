@@ -40,7 +40,7 @@ CORPUS = PROJECT.parent / "shared" / "corpus"
 # The real books, and the hostile ones as mutation sources too (their defences get fuzzed).
 SOURCES = sorted((CORPUS / "epub").glob("*.epub")) + sorted((CORPUS / "hostile").glob("*.epub"))
 
-FUZZ_CASES = int(os.environ.get("DOC_PIPELINE_FUZZ_CASES", "200"))
+FUZZ_CASES = int(os.environ.get("DOC_PIPELINE_FUZZ_CASES", "120"))
 FUZZ_SEED = os.environ.get("DOC_PIPELINE_FUZZ_SEED", "doc-pipeline-fuzz-1")
 WORKERS = 2  # child processes at a time (CI has 2 cores)
 CASE_TIMEOUT = 30.0  # seconds for one book; a real book takes under a second
