@@ -109,7 +109,10 @@ def test_two_concurrent_runs_of_a_document_pay_each_request_once(pipeline):
     ]
     assert paid and len(paid) == len(set(paid)), "a request was paid twice"
     outcomes = [json.loads(stdout)[0] for stdout, _ in results]
-    assert {o["stage"] for o in outcomes} == {"connected"}
+    # Each ingest reports the stage when it ended, which the other may still be changing
+    # (`connecting`); when both have ended the document is connected.
+    (document_id,) = {o["document_id"] for o in outcomes}
+    assert store.get_document(pipeline.engine, document_id)["stage"] == "connected"
     assert len({o["chunks"] for o in outcomes}) == 1
     assert pipeline.ledger()["hit"] >= len(paid) - 2  # the loser waited for each answer
 
