@@ -123,7 +123,6 @@ def _load_documents(
         if parsed is None:
             continue
         body, title, n_images, n_errors = parsed
-        _check_depth(body, item.file_name, book_name, limits.max_depth)
         loaded.images += n_images
         loaded.markup_errors += n_errors
         if _PG_LICENCE_TITLE.search(title):
@@ -136,19 +135,6 @@ def _load_documents(
     if pg_dropped:
         warnings.append("dropped Project Gutenberg header/licence boilerplate")
     return loaded
-
-
-def _check_depth(body: etree._Element, name: str, book_name: str, max_depth: int) -> None:
-    """Refuse absurd nesting: rendering recurses per level. (libxml2 stops at 256 levels
-    itself, and its recovery drops the rest of the document, hence also the parse check.)"""
-    stack = [(body, 1)]
-    while stack:
-        el, depth = stack.pop()
-        if depth > max_depth:
-            raise InvalidBookError(
-                f"{book_name}: chapter {name!r} nests elements more than {max_depth} deep"
-            )
-        stack.extend((child, depth + 1) for child in el)
 
 
 def _xml_parser(recover: bool = True) -> etree.XMLParser:
@@ -177,7 +163,7 @@ def _parse_document(
         root = None
     errors = [e for e in xml_parser.error_log if e.level >= etree.ErrorLevels.ERROR]
     if any("depth" in e.message.lower() for e in errors):
-        raise _TooDeep(name)
+        raise _TooDeep
     if errors or root is None or _localname(root) != "html":
         try:  # the HTML parser never loads DTDs either
             parser = lxml.html.HTMLParser(no_network=True, remove_comments=True, remove_pis=True)
@@ -186,7 +172,7 @@ def _parse_document(
             warnings.append(f"spine item {name!r} is not parsable HTML ({exc}); skipped")
             return None
         if any("depth" in e.message.lower() for e in parser.error_log):
-            raise _TooDeep(name)
+            raise _TooDeep
     if errors:
         warnings.append(
             f"{name}: malformed XHTML, recovered from {len(errors)} markup error(s) "
@@ -205,11 +191,8 @@ def _parse_document(
 
 
 class _TooDeep(Exception):
-    """The parser gave up on a document nested deeper than it allows."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
+    """The parser gave up on a document nested deeper than it allows (libxml2's 256 levels,
+    both parsers); its recovery would silently drop the rest of the document."""
 
 
 def _collapse_whitespace(body: etree._Element) -> None:

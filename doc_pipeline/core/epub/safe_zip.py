@@ -28,7 +28,6 @@ class ReaderLimits:
     max_chapter_bytes: int = 16 << 20  # one spine (X)HTML document
     max_ratio: int = 200  # inflated / compressed (text ~5:1, a repeated chapter 136:1) ...
     ratio_floor_bytes: int = 1 << 20  # ... for members that inflate past this
-    max_depth: int = 256  # element nesting in a chapter
 
 
 def unsafe_reason(info: zipfile.ZipInfo) -> str | None:
