@@ -269,23 +269,35 @@ def test_unparsable_opf(tmp_path: Path) -> None:
         epub_to_markdown(path)
 
 
-def _flatland_with_chapter_4(tmp_path: Path, edit) -> Path:
-    """Flatland with `edit` applied to the text of chapter 4; everything else untouched."""
+def _flatland_edited(tmp_path: Path, edit, member: str = "epub/text/chapter-4.xhtml") -> Path:
+    """Flatland with `edit` applied to the text of one member (chapter 4 unless told);
+    everything else untouched."""
     path = tmp_path / "flatland-edited.epub"
     with zipfile.ZipFile(CORPUS / FLATLAND) as source, zipfile.ZipFile(path, "w") as target:
         for info in source.infolist():
             data = source.read(info)
-            if info.filename.endswith("text/chapter-4.xhtml"):
+            if info.filename == member:
                 data = edit(data.decode()).encode()
             target.writestr(info, data, zipfile.ZIP_DEFLATED)
     return path
+
+
+def _nested(depth: int):
+    """An edit that wraps a paragraph "deep" and chapter 4's first section in `depth` divs."""
+
+    def nest(text: str) -> str:
+        return text.replace("<section", "<div>" * depth + "<p>deep</p><section", 1).replace(
+            "</section>", "</section>" + "</div>" * depth, 1
+        )
+
+    return nest
 
 
 def test_malformed_xhtml_is_recovered_without_losing_words(tmp_path: Path) -> None:
     def unclose(text: str) -> str:  # drop closing </p> tags, open <b> tags never closed
         return text.replace("</p>", "", 5).replace("<p>", "<p><b>", 3)
 
-    book = epub_to_markdown(_flatland_with_chapter_4(tmp_path, unclose))
+    book = epub_to_markdown(_flatland_edited(tmp_path, unclose))
     assert book.markup_errors >= 3
     (warning,) = [w for w in book.warnings if "malformed XHTML" in w]
     assert warning.startswith("text/chapter-4.xhtml: malformed XHTML, recovered from ")
@@ -295,22 +307,12 @@ def test_malformed_xhtml_is_recovered_without_losing_words(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("depth", [300, 100_000])
 def test_nesting_deeper_than_the_parser_allows_is_refused(tmp_path: Path, depth: int) -> None:
-    def nest(text: str) -> str:
-        return text.replace("<section", "<div>" * depth + "<p>deep</p><section", 1).replace(
-            "</section>", "</section>" + "</div>" * depth, 1
-        )
-
     with pytest.raises(InvalidBookError, match=r"^flatland-edited\.epub: chapter 'text/chap"):
-        epub_to_markdown(_flatland_with_chapter_4(tmp_path, nest))
+        epub_to_markdown(_flatland_edited(tmp_path, _nested(depth)))
 
 
 def test_nesting_within_the_limit_is_read(tmp_path: Path) -> None:
-    def nest(text: str) -> str:
-        return text.replace("<section", "<div>" * 200 + "<p>deep</p><section", 1).replace(
-            "</section>", "</section>" + "</div>" * 200, 1
-        )
-
-    book = epub_to_markdown(_flatland_with_chapter_4(tmp_path, nest))
+    book = epub_to_markdown(_flatland_edited(tmp_path, _nested(200)))
     assert "deep" in words(book.markdown)
 
 
@@ -325,18 +327,15 @@ _XXE_DOCTYPE = (
 @pytest.mark.parametrize("member", ["epub/content.opf", "epub/toc.xhtml"])
 def test_entities_in_the_package_files_are_never_expanded(tmp_path: Path, member: str) -> None:
     """The OPF and nav are parsed by ebooklib: external entities stay unresolved there too."""
-    path = tmp_path / "flatland-xxe.epub"
-    with zipfile.ZipFile(CORPUS / FLATLAND) as source, zipfile.ZipFile(path, "w") as target:
-        for info in source.infolist():
-            data = source.read(info)
-            if info.filename == member:
-                text = data.decode().split("\n", 1)[1]  # without its XML declaration
-                text = text.replace(">Flatland<", ">Flatland &xxe;&lol3;<", 1)
-                assert "&xxe;" in text
-                data = (_XXE_DOCTYPE + text).encode()
-            target.writestr(info, data, zipfile.ZIP_DEFLATED)
+
+    def declare_and_use(text: str) -> str:
+        text = text.split("\n", 1)[1]  # without its XML declaration
+        text = text.replace(">Flatland<", ">Flatland &xxe;&lol3;<", 1)
+        assert "&xxe;" in text
+        return _XXE_DOCTYPE + text
+
     try:
-        book = epub_to_markdown(path)
+        book = epub_to_markdown(_flatland_edited(tmp_path, declare_and_use, member))
     except InvalidBookError as error:  # refusing the package is fine; leaking is not
         assert "root:" not in str(error)
         return
@@ -349,7 +348,7 @@ def test_control_characters_are_removed_not_fatal(tmp_path: Path) -> None:
     def sprinkle(text: str) -> str:
         return text.replace("<p>", "<p>\x01", 2).replace("</p>", "\x00</p>", 1)
 
-    book = epub_to_markdown(_flatland_with_chapter_4(tmp_path, sprinkle))
+    book = epub_to_markdown(_flatland_edited(tmp_path, sprinkle))
     assert "text/chapter-4.xhtml: removed 3 control character(s)" in book.warnings
     assert not re.search(r"[\x00-\x08\ufffd]", book.markdown)
     assert Counter(words(book.markdown)) == Counter(words(convert(FLATLAND).markdown))
