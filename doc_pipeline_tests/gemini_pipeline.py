@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 
 from doc_pipeline.db import store
 from doc_pipeline_tests.fakes import FakeGemini
-from doc_pipeline_tests.processes import stop_process_group
+from doc_pipeline_tests.processes import start_ingest, stop_process_group
 
 API_KEY = "test-secret-key-4f9d2c"
 PAID = ("generateContent", "batchEmbedContents")
@@ -34,15 +33,7 @@ class GeminiPipeline:
         self.outputs: list[str] = []
 
     def start_ingest(self, *books: Path) -> subprocess.Popen:
-        command = [sys.executable, "-m", "doc_pipeline", "ingest", "--json", *map(str, books)]
-        return subprocess.Popen(
-            command,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        return start_ingest(self.env, *books)
 
     def ingest(self, *books: Path, expect_exit: int = 0, fast_retries: bool = False) -> dict:
         args = [*books, "--config", str(self.write_fast_retries())] if fast_retries else books

@@ -7,18 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.engine import Engine
 
 from doc_pipeline.db import store
 from doc_pipeline_tests.conftest import CORPUS, create_database
 from doc_pipeline_tests.document_data import CONNECT_EVERYTHING, DocumentData, document_data
-from doc_pipeline_tests.processes import stop_process_group
+from doc_pipeline_tests.processes import start_ingest, stop_process_group
 
 # Sherlock's markdown (about 600 kB of JSON) is larger than its EPUB (250 kB); Peter Rabbit's
 # EPUB (1.5 MB, pictures) is larger than its markdown. Both are quick with the local provider.
@@ -57,16 +57,7 @@ class LocalPipeline:
     def start_ingest(
         self, *books: Path, preexec_fn: Callable[[], None] | None = None
     ) -> subprocess.Popen:
-        command = [sys.executable, "-m", "doc_pipeline", "ingest", "--json"]
-        return subprocess.Popen(
-            [*command, "--config", str(self.config), *map(str, books)],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            preexec_fn=preexec_fn,
-        )
+        return start_ingest(self.env, "--config", self.config, *books, preexec_fn=preexec_fn)
 
     def finish(self, process: subprocess.Popen, timeout: float = 300) -> Ingested:
         try:
@@ -112,3 +103,14 @@ def clean_run(home: Path, database_url: str) -> dict[str, DocumentData]:
         engine.dispose()
     assert all(d.chunks and d.vectors and d.connections for d in data.values()), data.keys()
     return data
+
+
+def assert_completed_like_clean(
+    retried: Ingested, engine: Engine, clean: dict[str, DocumentData]
+) -> None:
+    """The ingest after the outage ended well, with every book's data equal to a clean run."""
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    for book in BOOKS:
+        outcome = retried.outcomes[book.name]
+        assert outcome["stage"] == "connected"
+        assert document_data(engine, outcome["document_id"]) == clean[book.name]

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 
 def free_port() -> int:
@@ -29,6 +30,22 @@ def start_ui(port: int, log_path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def start_ingest(
+    env: dict[str, str], *args: object, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.Popen:
+    """`doc-pipeline ingest --json ARGS` as a user runs it, in its own process group (so that
+    stop_process_group ends it and its children), with pipes for its output."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "doc_pipeline", "ingest", "--json", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
+    )
 
 
 def wait_for_graphql(port: int, query: str, process: subprocess.Popen, timeout: float) -> dict:

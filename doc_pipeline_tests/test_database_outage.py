@@ -24,12 +24,13 @@ from doc_pipeline.instance import open_instance
 from doc_pipeline.run_recovery import reap_dead_runs
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import use_home
-from doc_pipeline_tests.document_data import DocumentData, document_data
+from doc_pipeline_tests.document_data import DocumentData
 from doc_pipeline_tests.outages import (
     BOOKS,
     RABBIT,
     SHERLOCK,
     LocalPipeline,
+    assert_completed_like_clean,
     clean_data,
 )
 from doc_pipeline_tests.private_postgres import PrivatePostgres
@@ -136,9 +137,5 @@ def test_the_database_going_down_inside_the_chunks_write_leaves_nothing_and_a_re
     assert "is gone" in document["error_message"] and server.password not in str(document)
 
     retried = pipeline.ingest(*BOOKS)
-    assert retried.returncode == 0, retried.stderr[-3000:]
-    for book in BOOKS:
-        outcome = retried.outcomes[book.name]
-        assert outcome["stage"] == "connected"
-        assert document_data(engine, outcome["document_id"]) == clean[book.name]
+    assert_completed_like_clean(retried, engine, clean)
     engine.dispose()
