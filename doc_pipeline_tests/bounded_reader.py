@@ -9,13 +9,16 @@ peak RSS so far.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
-_PASSWD_MARKERS = ("root:x:0:0", "/bin/bash", "/usr/sbin/nologin")
+# Lines of /etc/passwd, whatever the machine's root entry looks like.
+PASSWD_LINE = re.compile(r"root:[^:\n]*:0:0:|/bin/bash|/usr/sbin/nologin")
 
 
 def read_books(paths: list[Path], memory_bytes: int, timeout: float) -> list[dict]:
@@ -41,7 +44,10 @@ def read_books(paths: list[Path], memory_bytes: int, timeout: float) -> list[dic
     return results
 
 
-def _read_one(path: Path) -> dict:
+def read_one(path: Path) -> dict:
+    """Convert one untrusted book and say how it went: {"outcome": "book" (with words,
+    warnings, markup_errors, leaked_passwd) | "invalid" (with error) | "crash" (with error and
+    traceback), "seconds", "peak_rss_bytes"}. Never raises for what the book does."""
     from doc_pipeline.core.epub import InvalidBookError, epub_to_markdown
 
     started = time.perf_counter()
@@ -53,15 +59,18 @@ def _read_one(path: Path) -> dict:
     except MemoryError:
         result.update(outcome="crash", error="MemoryError (over the child's memory cap)")
     except Exception as error:  # noqa: BLE001 - the point is to report any other failure
-        result.update(outcome="crash", error=f"{type(error).__name__}: {error}")
+        result.update(
+            outcome="crash",
+            error=f"{type(error).__name__}: {error}"[:2000],
+            traceback=traceback.format_exc()[-3000:],
+        )
     else:
         result.update(
             outcome="book",
             words=len(book.markdown.split()),
             warnings=list(book.warnings),
             markup_errors=book.markup_errors,
-            leaked_passwd=any(m in book.markdown for m in _PASSWD_MARKERS)
-            or any(m in w for m in _PASSWD_MARKERS for w in book.warnings),
+            leaked_passwd=any(PASSWD_LINE.search(text) for text in (book.markdown, *book.warnings)),
         )
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -72,7 +81,7 @@ def main() -> None:
     memory_bytes = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     for path in json.loads(sys.stdin.read()):
-        print(json.dumps(_read_one(Path(path))), flush=True)
+        print(json.dumps(read_one(Path(path))), flush=True)
 
 
 if __name__ == "__main__":

@@ -375,47 +375,35 @@ def make_case(seed: str, index: int) -> Case:
 # writes it to `path`, converts it and writes one JSON result line. The protocol goes to a
 # private copy of stdout so that library prints cannot corrupt it.
 _CHILD = r"""
-import faulthandler, json, os, re, resource, sys, time, traceback
+import faulthandler, json, os, resource, sys
 faulthandler.enable()  # a segfault leaves a Python traceback in the log
 resource.setrlimit(resource.RLIMIT_AS, (__LIMIT__, __LIMIT__))
 out = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
 from pathlib import Path
-from doc_pipeline.core.epub import ExtractedBook, InvalidBookError, epub_to_markdown
+from doc_pipeline_tests.bounded_reader import read_one
 from doc_pipeline_tests.core.test_reader_fuzz import make_case
-passwd = re.compile(r"root:[^:\n]*:0:0:")
 job = json.load(sys.stdin)
 for index, path in job["cases"]:
     Path(path).write_bytes(make_case(job["seed"], index).data)
-    started = time.perf_counter()
-    try:
-        book = epub_to_markdown(Path(path))
-        ok = isinstance(book, ExtractedBook) and bool(book.markdown.strip())
-        result = {"status": "ok" if ok else "empty", "leak": bool(passwd.search(book.markdown))}
-    except InvalidBookError as exc:
-        result = {"status": "invalid", "message": str(exc)}
-    except BaseException as exc:
-        result = {"status": "error", "message": f"{type(exc).__name__}: {exc}"[:2000],
-                  "traceback": traceback.format_exc()[-3000:]}
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    out.write(json.dumps({"index": index, **result}) + "\n")
+    out.write(json.dumps({"index": index, **read_one(Path(path))}) + "\n")
     out.flush()
 """.replace("__LIMIT__", str(MEMORY_LIMIT))
 
 
 def _verdict(path: Path, result: dict) -> str | None:
-    """None if the result is acceptable, else what is wrong."""
-    status = result["status"]
-    if status == "ok":
-        return "markdown contains /etc/passwd lines" if result["leak"] else None
-    if status == "invalid":
-        if result["message"].startswith(f"{path.name}: "):
+    """None if the result (of bounded_reader.read_one) is acceptable, else what is wrong."""
+    outcome = result["outcome"]
+    if outcome == "book":
+        if result["leaked_passwd"]:
+            return "markdown or warnings contain /etc/passwd lines"
+        return None if result["words"] else "returned a book with empty markdown"
+    if outcome == "invalid":
+        if result["error"].startswith(f"{path.name}: "):
             return None
-        return f"InvalidBookError not naming the file: {result['message']!r}"
-    if status == "empty":
-        return "returned a book with empty markdown"
+        return f"InvalidBookError not naming the file: {result['error']!r}"
     trace = f"\n{result['traceback']}" if "traceback" in result else ""
-    return f"{status}: {result['message']}{trace}"
+    return f"{outcome}: {result['error']}{trace}"
 
 
 def _run_batch(seed: str, cases: list[tuple[int, Path]], log: Path) -> dict[int, str | None]:
