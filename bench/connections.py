@@ -291,7 +291,8 @@ class Run:
 def connect_book(engine, postmaster: int, ef_search: int, exact: bool = False) -> Run:
     """The production call for the book, on a fresh connection (so its backend's VmHWM is this
     query's); with `exact`, index scans are disabled in its transaction."""
-    from doc_pipeline.core.semantic import SemanticConfig, find_semantic_edges
+    from doc_pipeline.core.semantic import SemanticConfig
+    from doc_pipeline.db.semantic_search import find_semantic_edges
 
     config = SemanticConfig(min_similarity=-1.0, top_k=TOP_K, ef_search=ef_search)
 
@@ -309,7 +310,7 @@ def connect_sample_exactly(engine, postmaster: int, sample: list[str]) -> Run:
     restricted (the planner pushes the condition down to `embeddings s`)."""
     import sqlalchemy as sa
 
-    from doc_pipeline.core.semantic import NEAREST_OTHER_DOCUMENTS
+    from doc_pipeline.db.semantic_search import NEAREST_OTHER_DOCUMENTS
 
     restricted = sa.text(
         f"SELECT source, target FROM ({NEAREST_OTHER_DOCUMENTS.text}) q"
@@ -354,7 +355,7 @@ def plan(engine, ef_search: int, exact: bool = False, sample: bool = False) -> d
     lateral subquery (HNSW index scan, or sequential scan and sort)."""
     import sqlalchemy as sa
 
-    from doc_pipeline.core.semantic import NEAREST_OTHER_DOCUMENTS
+    from doc_pipeline.db.semantic_search import NEAREST_OTHER_DOCUMENTS
 
     text = NEAREST_OTHER_DOCUMENTS.text
     if sample:

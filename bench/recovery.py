@@ -43,8 +43,8 @@ def crash_and_recover(book: Path, scenario: str, stage: str, work: Path, interva
     import sqlalchemy as sa
     from dagster._core.execution.stats import StepEventStatus
 
-    from doc_pipeline.core.registration import register_file
     from doc_pipeline.db.app import prepare_app_database
+    from doc_pipeline.db.registration import register_file
     from doc_pipeline.db.server import stop_embedded
     from doc_pipeline.instance import open_instance
     from doc_pipeline.partitions import documents_partitions

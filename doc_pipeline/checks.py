@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from doc_pipeline.assets.chunks import chunks
 from doc_pipeline.assets.connections import connections
 from doc_pipeline.assets.embeddings import embeddings
-from doc_pipeline.core.stages import PERMANENT
+from doc_pipeline.core.failures import PERMANENT
 from doc_pipeline.db import integrity, store
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase

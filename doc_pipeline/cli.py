@@ -61,6 +61,15 @@ ProviderOption = Annotated[
 ]
 
 
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also print Dagster's log lines of each run, failures with their whole traces "
+        "(they are always in the run's event log, shown by `doc-pipeline ui`).",
+    ),
+]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -128,14 +137,17 @@ def ingest(
     as_json: JsonOption = False,
     provider: ProviderOption = None,
     config: ConfigOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Register books and run them through the pipeline; prints a summary per document.
 
-    Runs go through the persistent Dagster instance, so they show in `doc-pipeline ui`. Exits
-    with status 1 if any document failed (after processing all the others)."""
+    Runs go through the persistent Dagster instance, so they show in `doc-pipeline ui`. A
+    document that fails as expected (a file that is not a book, an outage, a refused answer)
+    gets one line saying why; an unexpected error (a bug) also prints its trace. Exits with
+    status 1 if any document failed (after processing all the others)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from doc_pipeline.core.registration import SUPPORTED_SUFFIXES, find_book_files
+    from doc_pipeline.core.book_files import SUPPORTED_SUFFIXES, find_book_files
     from doc_pipeline.db import store
     from doc_pipeline.ingest import Ingestion
 
@@ -183,6 +195,7 @@ def ingest(
     ingestion = Ingestion(
         settings,
         run_config=_read_run_config(config) if config else {},
+        verbose=verbose,
         on_registered=registered,
         on_run_finished=finished,
     )
@@ -231,6 +244,7 @@ def backfill(
     as_json: JsonOption = False,
     provider: ProviderOption = None,
     config: ConfigOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Materialize one stage again for some or all documents, one run per document, e.g. after
     a change of prompt, model or chunker (the UI shows such stages as unsynced).
@@ -267,6 +281,7 @@ def backfill(
     ingestion = Ingestion(
         settings,
         run_config=_read_run_config(config) if config else {},
+        verbose=verbose,
         on_run_finished=finished,
     )
     outcomes = ingestion.rerun(ids, [AssetKey(stage) for stage in stages])
@@ -339,12 +354,22 @@ def _print_outcomes(outcomes) -> None:
         table.add_row(*cells)
     out.print(table)
     for o in outcomes:
+        name = Path(o.source_file).name
         if o.failed:
+            reason = o.error_message or "no reason recorded"
+            reason = reason.removeprefix(f"{name}: ")  # the line names the file already
             out.print(
-                f"[red]✗ {Path(o.source_file).name}[/red] ({o.error_class}): {o.error_message}"
+                f"[red]✗ {escape(name)}[/red] ({o.error_class}): {escape(reason)}", soft_wrap=True
+            )
+        if o.unexpected_error:
+            err.print(
+                f"[red]{escape(name)}: unexpected error (a bug, please report it) "
+                f"{escape(o.unexpected_error)}[/red]",
+                highlight=False,
+                soft_wrap=True,
             )
         for warning in o.warnings:
-            out.print(f"[yellow]! {Path(o.source_file).name}[/yellow]: {escape(warning)}")
+            out.print(f"[yellow]! {escape(name)}[/yellow]: {escape(warning)}", soft_wrap=True)
 
 
 @app.command()

@@ -19,21 +19,25 @@ from dagster import AssetKey, DagsterInstance, JobDefinition, execute_job, recon
 from sqlalchemy.engine import Engine
 
 from doc_pipeline.core.atomic_write import StorageWriteError
+from doc_pipeline.core.failures import TRANSIENT, redact
 from doc_pipeline.core.reaper import Verdict
-from doc_pipeline.core.registration import register_file
-from doc_pipeline.core.stages import TRANSIENT, classify, describe, redact
 from doc_pipeline.db import store
 from doc_pipeline.db.app import prepare_app_database
+from doc_pipeline.db.failures import classify, describe
+from doc_pipeline.db.registration import register_file
 from doc_pipeline.instance import open_instance
 from doc_pipeline.jobs import UP_TO_EMBEDDINGS
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.run_recovery import reap_dead_runs
 from doc_pipeline.settings import Settings
+from doc_pipeline.step_failures import unexpected_error
 
 CONNECTIONS = [AssetKey("connections")]
-# Dagster's own step logs go to the run's event log (and the UI); the terminal shows progress.
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# Dagster's step logs, failures with their traces included, go to the run's event log (and the
+# UI); the terminal shows progress and one line per failed document. `--verbose` shows them.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+VERBOSE_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def document_job() -> JobDefinition:
@@ -58,6 +62,8 @@ class IngestOutcome:
     error_message: str | None = None
     warnings: list[str] = field(default_factory=list)  # what extraction skipped or repaired
     run_ids: list[str] = field(default_factory=list)
+    # The trace of a failure that was not expected (a bug), from the run's event log.
+    unexpected_error: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -74,6 +80,7 @@ class Ingestion:
     settings: Settings
     # Dagster run config for every run, e.g. {"resources": {"provider": {"config": {...}}}}.
     run_config: dict = field(default_factory=dict)
+    verbose: bool = False  # Dagster's own log lines in the terminal, traces included
     on_registered: Callable[[IngestOutcome], None] = lambda outcome: None
     on_run_finished: Callable[[IngestOutcome], None] = lambda outcome: None
     # Runs of earlier, killed ingests that this one found dead and failed before it started.
@@ -167,12 +174,16 @@ class Ingestion:
                 reconstructable(document_job),
                 instance=instance,
                 tags={"dagster/partition": outcome.document_id, "doc_pipeline/source": "cli"},
-                run_config=_merged(QUIET_RUN_CONFIG, self.run_config),
+                run_config=_merged(
+                    VERBOSE_RUN_CONFIG if self.verbose else QUIET_RUN_CONFIG, self.run_config
+                ),
                 asset_selection=assets,
                 raise_on_error=False,
             )
             outcome.run_ids.append(result.run_id)
             if not result.success:
+                trace = unexpected_error(result.all_events)
+                outcome.unexpected_error = outcome.unexpected_error or (trace and redact(trace))
                 document = store.get_document(engine, outcome.document_id) or {}
                 if document.get("stage") != "failed" or document["failed_at"] < started_at:
                     # The run failed outside any stage (e.g. a resource could not start, or its

@@ -18,12 +18,12 @@ from sqlalchemy.engine import Engine
 
 from doc_pipeline.assets import document_assets
 from doc_pipeline.concurrency import PARTITION_TAG
-from doc_pipeline.core.heartbeat import newest_beats
+from doc_pipeline.core.failures import TRANSIENT
 from doc_pipeline.core.processes import pid_alive
 from doc_pipeline.core.reaper import StartedRun, Verdict, dead_runs
 from doc_pipeline.core.resume import DocumentState, GiveUp, RecoveryPolicy, RunOutcome, decide
-from doc_pipeline.core.stages import TRANSIENT
 from doc_pipeline.db import store
+from doc_pipeline.db.heartbeats import newest_beats
 
 # Failed runs older than this are not looked at again: the reaper has decided about them.
 LOOKBACK = timedelta(days=1)
@@ -166,3 +166,10 @@ def _unfinished_assets(instance: DagsterInstance, run) -> list[AssetKey]:
         for key in ASSET_ORDER
         if key in selected and key.to_python_identifier() not in succeeded
     ]
+
+
+def document_runs(instance: DagsterInstance, document_id: str, limit: int) -> list[RunOutcome]:
+    """The document's newest runs of any job, newest first, as the reaper sees them (the
+    failure alerts judge a run on the same history)."""
+    records = instance.get_run_records(RunsFilter(tags={PARTITION_TAG: document_id}), limit=limit)
+    return [_outcome(record) for record in records]

@@ -11,18 +11,22 @@ from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
+    RunFailureSensorContext,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_failure_sensor,
     sensor,
 )
 
-from doc_pipeline.core.registration import register_file
 from doc_pipeline.core.uploads import look
 from doc_pipeline.db import store
+from doc_pipeline.db.registration import register_file
+from doc_pipeline.failure_alerts import report_final_failure
 from doc_pipeline.jobs import MAX_RUNTIME_SECONDS, UP_TO_EMBEDDINGS, document_job
 from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.resources.alerts import Alerts
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.recovery import Recovery
@@ -161,4 +165,38 @@ def uploads_sensor(
         run_requests=requests,
         cursor=cursor,
         dynamic_partitions_requests=[documents_partitions.build_add_request(new_partitions)],
+    )
+
+
+ALERTS_INTERVAL_ENV = "DOC_PIPELINE_ALERTS_INTERVAL_SECONDS"
+
+
+@run_failure_sensor(
+    name="final_failure_alerts",
+    default_status=DefaultSensorStatus.RUNNING,
+    # Also the runs of `doc-pipeline ingest`, which belong to no code location.
+    monitor_all_code_locations=True,
+    minimum_interval_seconds=int(os.environ.get(ALERTS_INTERVAL_ENV, "30")),
+    description=(
+        "Reports a failed document run that nothing will retry to the webhook in "
+        "$DOC_PIPELINE_ALERT_WEBHOOK_URL (`alerts.webhook_url_env`), as Slack's {\"text\": ...}: "
+        "bad input (`invalid_input`), a bug or a failed blocking check (`permanent`), or a "
+        "document the reaper gives up on after `recovery.max_attempts` failed runs in a row. "
+        "Without a URL it only logs the alert."
+    ),
+)
+def final_failure_alerts(
+    context: RunFailureSensorContext,
+    alerts: Alerts,
+    app_database: AppDatabase,
+    recovery: Recovery,
+) -> None:
+    # None, not a SkipReason: Dagster then goes on to the next failed run in the same tick.
+    report_final_failure(
+        context.instance,
+        context.dagster_run,
+        app_database.engine,
+        recovery.policy(),
+        alerts,
+        context.log,
     )

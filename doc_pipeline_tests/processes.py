@@ -48,6 +48,24 @@ def start_ingest(
     )
 
 
+def run_cli(env: dict[str, str], *args: object, timeout: float) -> subprocess.CompletedProcess:
+    """`doc-pipeline ARGS` as a user runs it in a terminal-less shell, in its own process group
+    (stopped with everything in it if it outlives `timeout`); its output as text."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "doc_pipeline", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        stop_process_group(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def wait_for_graphql(port: int, query: str, process: subprocess.Popen, timeout: float) -> dict:
     """Post the query to the Dagster webserver until it answers; fail if the process exits."""
     request = urllib.request.Request(

@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from doc_pipeline.core.ledger import Ledger, LedgerScope
 from doc_pipeline.db import store
-from doc_pipeline.resources.gemini_provider import AIUnavailable, BoundedBackoff, GeminiProvider
+from doc_pipeline.db.ledger_store import Ledger, LedgerScope
+from doc_pipeline.resources.gemini_provider import GeminiProvider
+from doc_pipeline.resources.gemini_retries import AIUnavailable, BoundedBackoff
 from doc_pipeline_tests.conftest import CORPUS
 from doc_pipeline_tests.gemini_pipeline import API_KEY, PAID, GeminiPipeline
+from doc_pipeline_tests.processes import wait_until
 
 FLATLAND = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
 ANSWERED_BEFORE = 4  # requests of the failing kind answered before the outage starts
@@ -217,6 +219,8 @@ def test_each_kind_of_request_is_cut_off_by_its_own_timeout(fake, provider_and_s
         provider.embed(["a text"], scope)
     # Two timeouts and a wait of about a second (not 30 s: the generate timeout).
     assert time.monotonic() - started < 10
+    # The fake logs a hung request once it sees the client gone, a moment after the timeout.
+    wait_until(lambda: len(fake.requests) >= 2, 5, "the fake to log both hung requests")
     assert [r["status"] for r in fake.requests] == [None, None]
 
     provider, scope = provider_and_scope(request_timeout_seconds=0.3, max_attempts=1)

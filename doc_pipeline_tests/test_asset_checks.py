@@ -27,10 +27,10 @@ from sqlalchemy.engine import Engine
 
 from doc_pipeline.assets import document_assets
 from doc_pipeline.checks import AIBudget, asset_checks
-from doc_pipeline.core.ledger import LedgerScope
-from doc_pipeline.core.registration import register_file
 from doc_pipeline.db import integrity, store
 from doc_pipeline.db.app import prepare_app_database
+from doc_pipeline.db.ledger_store import LedgerScope
+from doc_pipeline.db.registration import register_file
 from doc_pipeline.jobs import DOCUMENT_JOB, document_job
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase

@@ -93,6 +93,17 @@ def test_three_engines_connect_two_books_through_the_ledger(postgres_server, tmp
         for asset, keys in wanted.items():
             for materialization in pipeline.materialization_metadata(asset):
                 assert keys <= set(materialization), (asset, keys - set(materialization))
+        # And Dagster's own keys, which the UI renders natively: the rows of the asset's table
+        # (the same number as the stage's own count) and where its output is stored.
+        counted = {"chunks": "chunks", "embeddings": "vectors", "connections": "connections"}
+        for asset, count in counted.items():
+            for materialization in pipeline.materialization_metadata(asset):
+                rows = materialization["dagster/row_count"]
+                assert json.dumps(rows).replace("dagster/row_count", count) == json.dumps(
+                    materialization[count]
+                )
+                uri = json.dumps(materialization["dagster/uri"])
+                assert f"file://{pipeline.home}" in uri and f"/{asset}/" in uri
 
         # Again: the same connections, and no request paid again.
         fake.clear_requests()

@@ -18,9 +18,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from doc_pipeline.core.registration import register_file
 from doc_pipeline.db import store
 from doc_pipeline.db.app import prepare_app_database
+from doc_pipeline.db.registration import register_file
 from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.settings import Settings

@@ -17,9 +17,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from doc_pipeline.core.registration import register_file
 from doc_pipeline.db import store
 from doc_pipeline.db.app import prepare_app_database
+from doc_pipeline.db.registration import register_file
 from doc_pipeline.instance import open_instance
 from doc_pipeline.run_recovery import reap_dead_runs
 from doc_pipeline.settings import Settings

@@ -14,6 +14,8 @@ def test_definitions_load_with_the_document_job():
     assert int(job.tags["dagster/max_runtime"]) >= 3600
     reaper = defs.resolve_sensor_def("stale_run_reaper")
     assert reaper.default_status.value == "RUNNING"
+    alerts = defs.resolve_sensor_def("final_failure_alerts")
+    assert alerts.default_status.value == "RUNNING" and "alerts" in alerts.required_resource_keys
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(STAGES)
     for upstream, downstream in zip(STAGES, STAGES[1:], strict=False):
@@ -35,3 +37,22 @@ def test_every_asset_has_a_code_version_that_follows_its_prompts(tmp_path):
     fiction = prompts / "v1" / "fiction.md"
     fiction.write_text(fiction.read_text() + "\nKeep dialogue with its speaker.\n")
     assert versions._folder_digest(prompts) != before  # a changed prompt: chunks unsynced
+
+
+def test_the_catalog_shows_kinds_owners_tables_and_source_of_every_asset():
+    graph = defs.resolve_asset_graph()
+    tables = {"chunks": "chunks", "embeddings": "embeddings", "connections": "connections"}
+    for stage in STAGES:
+        node = graph.get(AssetKey(stage))
+        assert {"python", "postgres"} <= node.kinds and node.owners == ["team:doc_pipeline"]
+        metadata = node.metadata
+        assert metadata["dagster/table_name"] == tables.get(stage, "documents")
+        columns = {c.name: c for c in metadata["dagster/column_schema"].columns}
+        assert "id" in columns or "chunk_id" in columns
+        (reference,) = metadata["dagster/code_references"].code_references
+        assert reference.file_path.endswith(f"doc_pipeline/assets/{stage}.py")
+    chunks = graph.get(AssetKey("chunks"))
+    assert len(chunks.kinds) == 3  # and the AI provider, for the stages that call it
+    columns = {c.name: c for c in chunks.metadata["dagster/column_schema"].columns}
+    assert columns["document_id"].description == "references documents.id"
+    assert columns["id"].constraints.unique and not columns["id"].constraints.nullable

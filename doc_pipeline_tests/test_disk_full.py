@@ -17,8 +17,8 @@ import signal
 
 import pytest
 
+from doc_pipeline.core.book_files import stored_source_path
 from doc_pipeline.core.ids import document_id_for, file_sha256
-from doc_pipeline.core.registration import stored_source_path
 from doc_pipeline.db import store
 from doc_pipeline_tests.conftest import create_database
 from doc_pipeline_tests.document_data import DocumentData

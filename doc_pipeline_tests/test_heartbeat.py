@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from doc_pipeline.core.heartbeat import DEFAULT_STALE_AFTER, Heartbeat, is_stale, last_beat
+from doc_pipeline.core.reaper import DEFAULT_STALE_AFTER, is_stale
 from doc_pipeline.db import store
+from doc_pipeline.db.heartbeats import Heartbeat, last_beat
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -11,8 +11,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from doc_pipeline.core.ledger import AIAnswer, AIRequest, Ledger, LedgerTally, Usage
+from doc_pipeline.core.ledger import AIAnswer, AIRequest, LedgerTally, Usage
 from doc_pipeline.db import store
+from doc_pipeline.db.ledger_store import Ledger
 
 REQUEST = AIRequest("gemini", "gemini-x", "chunking-v1", {"text": "chapter one", "n": 1})
 

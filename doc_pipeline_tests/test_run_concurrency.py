@@ -5,8 +5,8 @@ pool (steps that call the provider wait for a slot, across runs)."""
 from __future__ import annotations
 
 from doc_pipeline.concurrency import AI_POOL
-from doc_pipeline.core.registration import register_file
 from doc_pipeline.db.app import prepare_app_database
+from doc_pipeline.db.registration import register_file
 from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.settings import Settings

@@ -5,12 +5,9 @@ import pytest
 import sqlalchemy as sa
 
 from doc_pipeline.core.ids import chunk_ids
-from doc_pipeline.core.semantic import (
-    NEAREST_OTHER_DOCUMENTS,
-    SemanticConfig,
-    find_semantic_edges,
-)
+from doc_pipeline.core.semantic import SemanticConfig
 from doc_pipeline.db import store
+from doc_pipeline.db.semantic_search import NEAREST_OTHER_DOCUMENTS, find_semantic_edges
 
 
 def _rows(document_id: str, contents: list[str]) -> list[dict]:

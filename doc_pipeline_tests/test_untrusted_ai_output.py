@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from doc_pipeline.core import bridges
-from doc_pipeline.core.ledger import Ledger, LedgerScope
 from doc_pipeline.db import store
+from doc_pipeline.db.ledger_store import Ledger, LedgerScope
 from doc_pipeline.resources.gemini_provider import GeminiProvider
 from doc_pipeline_tests.conftest import CORPUS
 from doc_pipeline_tests.gemini_pipeline import API_KEY, GeminiPipeline

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import AssetExecutionContext, MetadataValue
 
-from doc_pipeline.core.ledger import Ledger, LedgerScope
+from doc_pipeline.db.ledger_store import Ledger, LedgerScope
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.provider import Provider
 

@@ -3,23 +3,26 @@ import time
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from doc_pipeline.assets import versions
+from doc_pipeline.assets import catalog, versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
-from doc_pipeline.assets.failures import user_facing_failures
 from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.chunk_rows import chunk_rows
 from doc_pipeline.core.epub import InvalidBookError
-from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
+from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
+from doc_pipeline.step_failures import expected_failures
 
 
 @asset(
     partitions_def=documents_partitions,
     group_name="documents",
+    kinds=catalog.kinds(ai=True),
+    owners=catalog.OWNERS,
+    metadata=catalog.table_metadata("chunks"),
     pool=AI_POOL,
     code_version=versions.CHUNKS,
 )
@@ -38,7 +41,7 @@ def chunks(
     started = time.perf_counter()
     with (
         liveness.heartbeat(context, app_database),
-        user_facing_failures(),
+        expected_failures(),
         tracked_stage(engine, document_id, "chunking", "chunked"),
     ):
         pieces = provider.chunk(extracted_markdown["markdown"], scope)
@@ -51,6 +54,7 @@ def chunks(
         {
             "provider": provider.name,
             "chunks": MetadataValue.int(len(rows)),
+            "dagster/row_count": MetadataValue.int(len(rows)),
             **{f"rows_{k}": MetadataValue.int(v) for k, v in counts.as_dict().items()},
             "words_min": MetadataValue.int(min(sizes)),
             "words_median": MetadataValue.int(int(statistics.median(sizes))),

@@ -2,17 +2,18 @@ import time
 
 from dagster import AssetExecutionContext, AutomationCondition, Config, MetadataValue, asset
 
-from doc_pipeline.assets import versions
+from doc_pipeline.assets import catalog, versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.bridges import BridgeConfig
 from doc_pipeline.core.contradiction import ContradictionConfig
-from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db.connecting import Engines, connect_document
+from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
+from doc_pipeline.step_failures import expected_failures
 
 
 class ConnectionsConfig(Config):
@@ -69,6 +70,9 @@ class ConnectionsConfig(Config):
 @asset(
     partitions_def=documents_partitions,
     group_name="documents",
+    kinds=catalog.kinds(ai=True),
+    owners=catalog.OWNERS,
+    metadata=catalog.table_metadata("connections"),
     # Not after embeddings whose blocking check failed.
     automation_condition=AutomationCondition.eager()
     & AutomationCondition.all_deps_blocking_checks_passed(),
@@ -94,6 +98,7 @@ def connections(
     started = time.perf_counter()
     with (
         liveness.heartbeat(context, app_database),
+        expected_failures(),
         tracked_stage(engine, document_id, "connecting", "connected"),
     ):
         connected = connect_document(
@@ -131,6 +136,7 @@ def connections(
     context.add_output_metadata(
         {
             "connections": MetadataValue.int(len(connected.edges)),
+            "dagster/row_count": MetadataValue.int(len(connected.edges)),
             **metadata,
             **ai_usage_metadata(scope),
             "strongest": MetadataValue.md(table),

@@ -2,20 +2,24 @@ import time
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from doc_pipeline.assets import versions
+from doc_pipeline.assets import catalog, versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
-from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
+from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
+from doc_pipeline.step_failures import expected_failures
 
 
 @asset(
     partitions_def=documents_partitions,
     group_name="documents",
+    kinds=catalog.kinds(ai=True),
+    owners=catalog.OWNERS,
+    metadata=catalog.table_metadata("embeddings"),
     pool=AI_POOL,
     code_version=versions.EMBEDDINGS,
 )
@@ -37,6 +41,7 @@ def embeddings(
     inserted = 0
     with (
         liveness.heartbeat(context, app_database),
+        expected_failures(),
         tracked_stage(engine, document_id, "embedding", "embedded"),
     ):
         missing = store.chunks_missing_embeddings(engine, document_id, model)
@@ -61,6 +66,7 @@ def embeddings(
             "embedded_now": MetadataValue.int(inserted),
             "already_embedded": MetadataValue.int(total - inserted),
             "vectors": MetadataValue.int(total),
+            "dagster/row_count": MetadataValue.int(total),
             "chunks": MetadataValue.int(len(chunks["chunk_ids"])),
             **ai_usage_metadata(scope),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),

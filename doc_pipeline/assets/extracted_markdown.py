@@ -3,21 +3,24 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from doc_pipeline.assets import versions
-from doc_pipeline.assets.failures import user_facing_failures
+from doc_pipeline.assets import catalog, versions
 from doc_pipeline.core.chunking import count_words
 from doc_pipeline.core.markdown_stats import preview
-from doc_pipeline.core.stages import tracked_stage
 from doc_pipeline.db import store
+from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness
 from doc_pipeline.resources.provider import Provider
+from doc_pipeline.step_failures import expected_failures
 
 
 @asset(
     partitions_def=documents_partitions,
     group_name="documents",
+    kinds=catalog.kinds(),
+    owners=catalog.OWNERS,
+    metadata=catalog.table_metadata("documents"),
     code_version=versions.EXTRACTION,
 )
 def extracted_markdown(
@@ -33,7 +36,7 @@ def extracted_markdown(
     started = time.perf_counter()
     with (
         liveness.heartbeat(context, app_database),
-        user_facing_failures(),
+        expected_failures(),
         tracked_stage(engine, document_id, "extracting", "extracted"),
     ):
         book = provider.extract(

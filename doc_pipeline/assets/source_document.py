@@ -1,6 +1,6 @@
 from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
-from doc_pipeline.assets import versions
+from doc_pipeline.assets import catalog, versions
 from doc_pipeline.core.ids import file_sha256
 from doc_pipeline.db import store
 from doc_pipeline.partitions import documents_partitions
@@ -11,6 +11,9 @@ from doc_pipeline.resources.source_store import SourceStore
 @asset(
     partitions_def=documents_partitions,
     group_name="documents",
+    kinds=catalog.kinds(),
+    owners=catalog.OWNERS,
+    metadata=catalog.table_metadata("documents"),
     code_version=versions.SOURCE,
 )
 def source_document(

@@ -24,18 +24,23 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from doc_pipeline.core.ai_chunking import TEXT_PLACEHOLDER, MalformedAnswer, build_prompt
 from doc_pipeline.core.connection_types import ChunkFacts, normalize_name, unit_number
+from doc_pipeline.core.edges import Edge
 from doc_pipeline.core.ledger import AIRequest
-from doc_pipeline.db.store import Edge
+from doc_pipeline.core.model_text import (
+    BLOCKED_FINISH_REASONS,
+    TEXT_PLACEHOLDER,
+    MalformedAnswer,
+    answer_json,
+    build_prompt,
+)
 
 CONNECTION_TYPE = "thematic_bridge"
 PROVIDER = "gemini"
@@ -362,20 +367,8 @@ class MalformedJudgements(MalformedAnswer):
     schema). A subclass of MalformedAnswer, itself a ValueError."""
 
 
-_FENCE = re.compile(r"\A\s*```[A-Za-z]*[ \t]*\n?(.*?)\n?\s*(?:```\s*)?\Z", re.S)
-
-
 def _load(answer_text: str | None, finish_reason: str | None) -> list:
-    if str(finish_reason or "").upper().endswith("MAX_TOKENS"):
-        raise MalformedJudgements("truncated", "the answer hit the output token limit")
-    if not isinstance(answer_text, str) or not answer_text.strip():
-        raise MalformedJudgements("empty", "no answer text")
-    if fenced := _FENCE.match(answer_text):
-        answer_text = fenced.group(1)
-    try:
-        value = json.loads(answer_text)
-    except (ValueError, RecursionError) as problem:
-        raise MalformedJudgements("invalid_json", str(problem)[:200]) from None
+    value = answer_json(answer_text, finish_reason, MalformedJudgements)
     judgements = value.get("judgements") if isinstance(value, dict) else None
     if not isinstance(judgements, list):
         raise MalformedJudgements("schema", "no list of judgements")
@@ -453,3 +446,28 @@ def parse_judgements(
             metadata["similarity"] = pair.similarity
         edges.append(Edge(pair.source_chunk_id, pair.target_chunk_id, strength, metadata))
     return edges
+
+
+def judge_all(
+    requests: Sequence[BridgeRequest],
+    ask: Callable[[int, BridgeRequest], Mapping[str, Any]],
+    config: BridgeConfig | None = None,
+) -> JudgedBridges:
+    """The edges of every request's answer; `ask(number, request)` sends request `number`
+    (from 1) and returns its answer ({"text", "finish_reason"}). An unusable answer (blocked,
+    truncated, not of the schema) leaves its pairs out and is reported."""
+    edges, unusable = [], []
+    for number, bridge in enumerate(requests, start=1):
+        answer = ask(number, bridge)
+        finish_reason = answer.get("finish_reason")
+        try:
+            if finish_reason in BLOCKED_FINISH_REASONS:
+                raise MalformedJudgements("blocked", f"the model refused ({finish_reason})")
+            edges.extend(
+                parse_judgements(
+                    answer.get("text"), bridge.pairs, config, finish_reason=finish_reason
+                )
+            )
+        except MalformedJudgements as problem:
+            unusable.append(f"request {number}: {problem}")
+    return JudgedBridges(edges, unusable)

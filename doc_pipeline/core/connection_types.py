@@ -1,6 +1,6 @@
 """What the connection engines read from a chunk's metadata, whatever state it is in.
 
-Chunk metadata comes from the AI chunker (`ai_chunking._clean_item`: themes, concepts with
+Chunk metadata comes from the AI chunker (`chunk_answers._clean_item`: themes, concepts with
 importance, importance, domain, emotional polarity, ...) or from the local provider, whose
 chunks have none of these keys. It is stored as JSON and may also predate the current cleaning,
 so every value is read defensively here: a missing, None, mistyped or non-finite value becomes
@@ -17,7 +17,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
-MAX_NAME_CHARS = 200  # as ai_chunking caps names; a longer "name" is not a concept
+MAX_NAME_CHARS = 200  # as chunk_answers caps names; a longer "name" is not a concept
 
 
 def normalize_name(value: Any) -> str | None:

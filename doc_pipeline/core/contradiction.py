@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from doc_pipeline.core.connection_types import ChunkFacts, chunk_facts, normalize_name
-from doc_pipeline.db.store import Edge
+from doc_pipeline.core.edges import Edge
 
 __all__ = [
     "CONNECTION_TYPE",

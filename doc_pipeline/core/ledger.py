@@ -1,12 +1,11 @@
-"""The AI ledger (DESIGN rule 1): no AI request is ever paid twice.
+"""The AI ledger's rules (DESIGN rule 1): what names a request, what an answer cost, and when
+a lease may be taken over. The ledger's table and its transactions are in
+`doc_pipeline.db.ledger_store`.
 
-Every AI request goes through `Ledger.call`. Its key is a hash of the provider, model, prompt
-version and the canonical request. The answer is committed to the ledger before the caller
-sees it; a later call with the same key is answered from the ledger without calling the API (a
-hit); while one worker is paying for a key it holds a lease, and any other worker waits for the
-answer instead of paying again. A lease whose holder died (its process is gone on this host,
-or the lease expired) is taken over. Every call, paid, hit or failed, is recorded with its
-tokens, cost, latency, document and stage.
+A request's key is a hash of the provider, model, prompt version and the canonical request, so
+the same request always has the same key. A lease is held by one worker process, named
+`host:pid:nonce`; it may be taken over when it expired, or when its holder ran on this host
+and its process is gone (a holder on another host can only be judged by the expiry).
 """
 
 from __future__ import annotations
@@ -15,19 +14,13 @@ import hashlib
 import json
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Engine
-
 from doc_pipeline.core.processes import pid_alive
-from doc_pipeline.db.models import AICall, AIResponse
 
 
 @dataclass(frozen=True)
@@ -112,255 +105,27 @@ class LedgerTally:
         }
 
 
-class LeaseLost(RuntimeError):
-    """Another worker took over this worker's lease (it had expired) and answered first."""
-
-
-def _process_owner() -> str:
+def lease_owner() -> str:
+    """A name for a worker's leases: this host and process, and a nonce for the ledger object."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _holder_is_dead(owner: str | None) -> bool:
+def holder_is_dead(
+    owner: str | None,
+    this_host: str | None = None,
+    alive: Callable[[int], bool] = pid_alive,
+) -> bool:
     """True when the lease holder ran on this host and its process is gone."""
     if not owner:
         return True
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != (this_host or socket.gethostname()) or not pid_text.isdigit():
         return False  # another host: only the lease's expiry can tell
-    return not pid_alive(int(pid_text))
+    return not alive(int(pid_text))
 
 
-def _identity(request: AIRequest, key: str, context: dict) -> dict[str, Any]:
-    """The columns that name a ledger row and who asked first."""
-    return {
-        "key": key,
-        "provider": request.provider,
-        "model": request.model,
-        "prompt_version": request.prompt_version,
-        "document_id": context["document_id"],
-        "stage": context["stage"],
-    }
-
-
-class Ledger:
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        lease_seconds: float = 900.0,
-        poll_seconds: float = 0.5,
-        owner: str | None = None,
-    ) -> None:
-        # The lease must outlast the longest legitimate request (timeout times attempts).
-        self.engine = engine
-        self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
-        self.owner = owner or _process_owner()
-
-    def call(
-        self,
-        request: AIRequest,
-        fetch: Callable[[], AIAnswer],
-        *,
-        document_id: str | None,
-        stage: str,
-        run_id: str | None = None,
-    ) -> LedgerResult:
-        """The answer to the request: from the ledger if it is there, otherwise paid once."""
-        key = request.key
-        context = {"document_id": document_id, "stage": stage, "run_id": run_id}
-        while True:
-            done = self._done(key)
-            if done is not None:
-                return self._record_hit(request, done, context)
-            if self._acquire(request, key, context):
-                return self._pay(request, key, fetch, context)
-            time.sleep(self.poll_seconds)  # someone alive is paying for it: wait for the answer
-
-    # -- states -----------------------------------------------------------------------------
-
-    def _done(self, key: str) -> AIResponse | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(AIResponse.__table__).where(
-                    AIResponse.key == key, AIResponse.state == "done"
-                )
-            ).first()
-        return row
-
-    def _acquire(self, request: AIRequest, key: str, context: dict) -> bool:
-        """Take the lease: a new key, an expired lease, or one whose holder died."""
-        table = AIResponse.__table__
-        expires = sa.func.now() + sa.text(f"interval '{float(self.lease_seconds)} seconds'")
-        with self.engine.begin() as conn:
-            inserted = conn.execute(
-                insert(table)
-                .values(
-                    **_identity(request, key, context),
-                    state="leased",
-                    lease_owner=self.owner,
-                    lease_expires_at=expires,
-                )
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(table.c.key)
-            ).first()
-            if inserted is not None:
-                return True
-            current = conn.execute(
-                sa.select(
-                    table.c.state,
-                    table.c.lease_owner,
-                    (table.c.lease_expires_at < sa.func.now()).label("expired"),
-                )
-                .where(table.c.key == key)
-                .with_for_update()
-            ).first()
-            if current is None or current.state == "done":
-                return False  # vanished (its holder failed) or answered: look again
-            if not (current.expired or _holder_is_dead(current.lease_owner)):
-                return False
-            conn.execute(
-                sa.update(table)
-                .where(table.c.key == key)
-                .values(lease_owner=self.owner, lease_expires_at=expires)
-            )
-            return True
-
-    def _pay(self, request: AIRequest, key: str, fetch: Callable[[], AIAnswer], context: dict):
-        started = time.perf_counter()
-        try:
-            answer = fetch()
-        except BaseException as error:
-            self._release(request, key, context, error, started)
-            raise
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        table = AIResponse.__table__
-        done = {
-            "state": "done",
-            "response": answer.response,
-            "prompt_tokens": answer.usage.prompt_tokens,
-            "output_tokens": answer.usage.output_tokens,
-            "thinking_tokens": answer.usage.thinking_tokens,
-            "cost_usd": answer.cost_usd,
-            "latency_ms": latency_ms,
-            "completed_at": sa.func.now(),
-        }
-        with self.engine.begin() as conn:
-            # Committed before the caller uses it: a crash after this line loses nothing.
-            updated = conn.execute(
-                sa.update(table)
-                .where(table.c.key == key, table.c.state == "leased")
-                .values(**done, lease_owner=None, lease_expires_at=None)
-                .returning(table.c.key)
-            ).first()
-            if updated is None:
-                # Our lease expired meanwhile: the row is another worker's answer (kept), or
-                # gone because that worker failed (ours is stored).
-                conn.execute(
-                    insert(table)
-                    .values(**_identity(request, key, context), **done)
-                    .on_conflict_do_nothing(index_elements=["key"])
-                )
-            self._insert_call(
-                conn,
-                request,
-                key,
-                context,
-                outcome="paid",
-                usage=answer.usage,
-                cost_usd=answer.cost_usd,
-                latency_ms=latency_ms,
-            )
-        return LedgerResult(
-            response=answer.response,
-            hit=False,
-            usage=answer.usage,
-            cost_usd=answer.cost_usd,
-            saved_usd=Decimal(0),
-        )
-
-    def _release(
-        self, request: AIRequest, key: str, context: dict, error: BaseException, started: float
-    ) -> None:
-        """Give the lease up so that a retry (ours or another worker's) can pay for it."""
-        table = AIResponse.__table__
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.delete(table).where(
-                    table.c.key == key, table.c.state == "leased", table.c.lease_owner == self.owner
-                )
-            )
-            self._insert_call(
-                conn,
-                request,
-                key,
-                context,
-                outcome="failed",
-                latency_ms=int((time.perf_counter() - started) * 1000),
-                error=f"{type(error).__name__}: {error}"[:2000],
-            )
-
-    def _record_hit(self, request: AIRequest, done, context: dict) -> LedgerResult:
-        usage = Usage(done.prompt_tokens, done.output_tokens, done.thinking_tokens)
-        with self.engine.begin() as conn:
-            self._insert_call(
-                conn, request, done.key, context, outcome="hit", saved_usd=done.cost_usd
-            )
-        return LedgerResult(
-            response=done.response,
-            hit=True,
-            usage=usage,
-            cost_usd=Decimal(0),
-            saved_usd=Decimal(done.cost_usd),
-        )
-
-    @staticmethod
-    def _insert_call(
-        conn: sa.Connection,
-        request: AIRequest,
-        key: str,
-        context: dict,
-        *,
-        outcome: str,
-        usage: Usage | None = None,
-        cost_usd: Decimal | int = 0,
-        saved_usd: Decimal | int = 0,
-        latency_ms: int | None = None,
-        error: str | None = None,
-    ) -> None:
-        usage = usage or Usage()
-        conn.execute(
-            sa.insert(AICall.__table__).values(
-                key=key,
-                provider=request.provider,
-                model=request.model,
-                outcome=outcome,
-                prompt_tokens=usage.prompt_tokens,
-                output_tokens=usage.output_tokens,
-                thinking_tokens=usage.thinking_tokens,
-                cost_usd=cost_usd,
-                saved_usd=saved_usd,
-                latency_ms=latency_ms,
-                error=error,
-                **context,
-            )
-        )
-
-
-@dataclass
-class LedgerScope:
-    """The ledger as one stage of one document uses it: attributes calls and tallies them."""
-
-    ledger: Ledger
-    document_id: str | None
-    stage: str
-    run_id: str | None = None
-    tally: LedgerTally = field(default_factory=LedgerTally)
-
-    def call(self, request: AIRequest, fetch: Callable[[], AIAnswer]) -> LedgerResult:
-        result = self.ledger.call(
-            request, fetch, document_id=self.document_id, stage=self.stage, run_id=self.run_id
-        )
-        self.tally.add(result)
-        return result
+def may_take_over(state: str, expired: bool, owner: str | None) -> bool:
+    """Whether a worker may take the lease of a key in this state: never once it is answered;
+    when the lease expired, or its holder died."""
+    return state == "leased" and (expired or holder_is_dead(owner))

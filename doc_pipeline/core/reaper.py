@@ -12,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from doc_pipeline.core.heartbeat import is_stale
+DEFAULT_STALE_AFTER = timedelta(minutes=30)
+
+
+def is_stale(last_beat: datetime | None, now: datetime, stale_after: timedelta) -> bool:
+    """A step with no beat at all, or whose newest beat is older than `stale_after`."""
+    return last_beat is None or now - last_beat > stale_after
 
 
 @dataclass(frozen=True)

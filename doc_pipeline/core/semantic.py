@@ -1,49 +1,21 @@
-"""The semantic connection engine: nearest chunks of other documents through pgvector HNSW."""
+"""The semantic connection engine: nearest chunks of other documents, scored.
+
+The search itself (pgvector HNSW) is `doc_pipeline.db.semantic_search`; this module decides what
+a neighbour is worth: its cosine similarity, blended with the target chunk's importance where
+the chunker gave one, kept when it reaches the similarity threshold.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
-from doc_pipeline.db.store import Edge
+from doc_pipeline.core.edges import Edge
 
 CONNECTION_TYPE = "semantic"
-# The HNSW index exists for this width only (see migration 0001); the query must use the same
-# expression as the index, `embedding::vector(768)`, for the planner to pick it.
+# The HNSW index exists for this width only (see migration 0001).
 INDEXED_DIMENSIONS = 768
-
-
-# For each chunk of a document, its nearest chunks of other documents (same model), ordered by
-# cosine distance so that the planner walks the HNSW index.
-NEAREST_OTHER_DOCUMENTS = sa.text(
-    f"""
-    SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity
-    FROM embeddings s
-    CROSS JOIN LATERAL (
-        SELECT o.chunk_id,
-               o.embedding::vector({INDEXED_DIMENSIONS})
-                 <=> s.embedding::vector({INDEXED_DIMENSIONS}) AS distance
-        FROM embeddings o
-        WHERE o.dimensions = {INDEXED_DIMENSIONS} AND o.model = s.model
-          AND o.document_id <> s.document_id
-        ORDER BY o.embedding::vector({INDEXED_DIMENSIONS})
-                 <=> s.embedding::vector({INDEXED_DIMENSIONS})
-        LIMIT :top_k
-    ) n
-    WHERE s.document_id = :document_id AND s.model = :model
-      AND s.dimensions = {INDEXED_DIMENSIONS}
-    """
-)
-
-
-TARGET_IMPORTANCE = sa.text(
-    """
-    SELECT id, (metadata ->> 'importance')::float FROM chunks
-    WHERE id = ANY(:ids) AND jsonb_typeof(metadata -> 'importance') = 'number'
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -56,30 +28,31 @@ class SemanticConfig:
     importance_weight: float = 0.2
 
 
-def find_semantic_edges(
-    conn: sa.Connection, document_id: str, model: str, config: SemanticConfig
+@dataclass(frozen=True)
+class Neighbour:
+    """A chunk of another document near one of the document's own chunks."""
+
+    source: str  # the own chunk's id
+    target: str
+    similarity: float  # cosine similarity of their vectors
+
+
+def semantic_edges(
+    neighbours: Iterable[Neighbour],
+    importances: Mapping[str, float],
+    model: str,
+    config: SemanticConfig,
 ) -> list[Edge]:
-    """For each chunk of the document, up to top_k chunks of other documents with cosine
-    similarity at least min_similarity, embedded with the same model."""
-    # Iterative scans keep searching when the filter (other documents only) removes candidates.
-    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(max(config.ef_search, config.top_k))}"))
-    rows = conn.execute(
-        NEAREST_OTHER_DOCUMENTS,
-        {"document_id": document_id, "model": model, "top_k": config.top_k},
-    ).all()
-    # Fetched apart: joining chunks into the search query made the planner leave the index.
-    importances = dict(
-        conn.execute(TARGET_IMPORTANCE, {"ids": sorted({row.target for row in rows})}).all()
-    )
+    """The neighbours at least min_similarity alike, as edges; `importances` holds the target
+    chunks' importance where their metadata has one."""
     edges = []
-    for row in rows:
-        similarity = min(1.0, max(0.0, float(row.similarity)))
+    for neighbour in neighbours:
+        similarity = min(1.0, max(0.0, float(neighbour.similarity)))
         if similarity < config.min_similarity:
             continue
         metadata = {"similarity": round(similarity, 6), "model": model}
         strength = similarity
-        importance = importances.get(row.target)
+        importance = importances.get(neighbour.target)
         if importance is not None and math.isfinite(importance):
             importance = min(1.0, max(0.0, importance))
             strength = (1 - config.importance_weight) * similarity + (
@@ -88,8 +61,8 @@ def find_semantic_edges(
             metadata["target_importance"] = round(importance, 6)
         edges.append(
             Edge(
-                source_chunk_id=row.source,
-                target_chunk_id=row.target,
+                source_chunk_id=neighbour.source,
+                target_chunk_id=neighbour.target,
                 strength=round(strength, 6),
                 metadata=metadata,
             )

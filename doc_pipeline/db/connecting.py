@@ -19,9 +19,11 @@ from doc_pipeline.core import bridges, contradiction, semantic
 from doc_pipeline.core.bridges import BridgeConfig, BridgeRequest, JudgedBridges
 from doc_pipeline.core.connection_types import ChunkFacts, chunk_facts
 from doc_pipeline.core.contradiction import ContradictionConfig
-from doc_pipeline.core.semantic import SemanticConfig, find_semantic_edges
+from doc_pipeline.core.edges import Edge
+from doc_pipeline.core.semantic import SemanticConfig
 from doc_pipeline.db import store
-from doc_pipeline.db.store import Edge, WriteCounts
+from doc_pipeline.db.semantic_search import find_semantic_edges
+from doc_pipeline.db.store import WriteCounts
 
 BridgeJudge = Callable[[list[BridgeRequest]], JudgedBridges]
 NO_JUDGE = "the provider has no AI judge (the local provider makes no AI requests)"

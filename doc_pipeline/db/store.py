@@ -19,28 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
+from doc_pipeline.core.edges import Edge
+from doc_pipeline.core.stages import STAGE_TIMESTAMPS, stage_change
 from doc_pipeline.db.models import AICall, Chunk, Connection, Document, Embedding, Heartbeat
-
-STAGES = (
-    "pending",
-    "extracting",
-    "extracted",
-    "chunking",
-    "chunked",
-    "embedding",
-    "embedded",
-    "connecting",
-    "connected",
-    "failed",
-)
-# The column that records when a stage finished.
-STAGE_TIMESTAMPS = {
-    "extracted": "extracted_at",
-    "chunked": "chunked_at",
-    "embedded": "embedded_at",
-    "connected": "connected_at",
-    "failed": "failed_at",
-}
 
 
 @cache
@@ -88,14 +69,8 @@ def register_document(
 
 
 def set_stage(engine: Engine, document_id: str, stage: str, **fields: Any) -> None:
-    """Move a document to a stage; a finished stage also stamps its time and clears errors."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}")
-    values: dict[str, Any] = {"stage": stage, **fields}
-    if stage in STAGE_TIMESTAMPS:
-        values[STAGE_TIMESTAMPS[stage]] = datetime.now(UTC)
-    if stage != "failed":
-        values.update(error_class=None, error_message=None)
+    """Move a document to a stage (see `stage_change`)."""
+    values = stage_change(stage, datetime.now(UTC), **fields)
     with engine.begin() as conn:
         conn.execute(sa.update(Document).where(Document.id == document_id).values(**values))
 
@@ -429,14 +404,6 @@ def count_embeddings(engine: Engine, document_id: str, model: str) -> int:
 
 
 # --- connections -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Edge:
-    source_chunk_id: str
-    target_chunk_id: str
-    strength: float
-    metadata: Mapping[str, Any]
 
 
 def write_connections(

@@ -10,11 +10,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableIOManagerFactory, InputContext, OutputContext, UPathIOManager
+from dagster import (
+    ConfigurableIOManagerFactory,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    UPathIOManager,
+)
 from upath import UPath
 
 from doc_pipeline.core.atomic_write import write_atomically
 from doc_pipeline.settings import Settings
+from doc_pipeline.step_failures import expected_failures
 
 
 class JsonBlobIOManager(UPathIOManager):
@@ -22,13 +29,18 @@ class JsonBlobIOManager(UPathIOManager):
 
     def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
         payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        if path.protocol in ("", "file"):
-            # Temporary file, fsync, rename: a crash or a full disk never leaves a half-written
-            # output to be loaded by a retry; a failed write says which file and why.
-            write_atomically(Path(path.path), [payload])
-        else:
-            # Object stores (s3, gcs, ...) make an object visible whole or not at all.
-            path.write_bytes(payload)
+        local = path.protocol in ("", "file")
+        with expected_failures():  # a full disk is an outage, with one line to say so
+            if local:
+                # Temporary file, fsync, rename: a crash or a full disk never leaves a
+                # half-written output to be loaded by a retry; a failed write names the file.
+                write_atomically(Path(path.path), [payload])
+            else:
+                # Object stores (s3, gcs, ...) make an object visible whole or not at all.
+                path.write_bytes(payload)
+        # Where the output is, under the key the Dagster UI shows as the asset's URI.
+        uri = Path(path.path).absolute().as_uri() if local else str(path)
+        context.add_output_metadata({"dagster/uri": MetadataValue.text(uri)})
 
     def load_from_path(self, context: InputContext, path: UPath) -> Any:
         return json.loads(path.read_bytes())

@@ -8,102 +8,33 @@ The key is never part of this resource's config, so it shows in no run config or
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
-import random
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import numpy as np
-import tenacity
 from dagster import InitResourceContext
 from google import genai
-from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import PrivateAttr
 
-from doc_pipeline.core import ai_chunking
-from doc_pipeline.core.ai_chunking import MalformedAnswer, SafetyBlocked, Window
-from doc_pipeline.core.bridges import (
-    BridgeConfig,
-    BridgeRequest,
-    JudgedBridges,
-    MalformedJudgements,
-    parse_judgements,
-)
+from doc_pipeline.core import ai_chunking, bridges
+from doc_pipeline.core.ai_chunking import ChunkingPlan, WindowRequest, chunk_with_model
+from doc_pipeline.core.bridges import BridgeConfig, BridgeRequest, JudgedBridges
+from doc_pipeline.core.chunk_answers import chunk_schema
 from doc_pipeline.core.chunking import TextChunk
-from doc_pipeline.core.ledger import AIAnswer, AIRequest, LedgerScope, Usage
+from doc_pipeline.core.failures import InvalidSettings
+from doc_pipeline.core.ledger import AIAnswer, AIRequest, Usage
+from doc_pipeline.core.model_text import clean_answer_text
+from doc_pipeline.core.vectors import normalized_vectors
+from doc_pipeline.db.ledger_store import LedgerScope
+from doc_pipeline.resources.gemini_retries import BoundedBackoff, with_retries
 from doc_pipeline.resources.provider import Provider
 
 PROVIDER = "gemini"
 EMBEDDING_TASK = "RETRIEVAL_DOCUMENT"
-BLOCKED_FINISH_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION"}
-RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-# The SDK's transport is httpx or its fork httpx2; a dropped connection or a timeout raises a
-# TransportError (a timeout a TimeoutException) of whichever is installed.
-_TRANSPORTS = [
-    importlib.import_module(name)
-    for name in ("httpx", "httpx2")
-    if importlib.util.find_spec(name) is not None
-]
-TRANSPORT_ERRORS = tuple(module.TransportError for module in _TRANSPORTS)
-TIMEOUT_ERRORS = tuple(module.TimeoutException for module in _TRANSPORTS)
-BACKOFF_JITTER = 0.25  # each wait is shortened by up to this share, at random
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class ChunkingFailed(RuntimeError):
-    """A window's answer stayed unusable after splitting it as far as allowed."""
-
-
-class AIUnavailable(ConnectionError):
-    """The API kept failing (rate limits, 5xx, timeouts, dropped connections) after every
-    attempt; a later retry of the run resumes, paying only for what was never answered."""
-
-
-def is_transient(error: BaseException) -> bool:
-    if isinstance(error, genai_errors.APIError):
-        return error.code in RETRYABLE_STATUS
-    return isinstance(error, TRANSPORT_ERRORS)
-
-
-class BoundedBackoff(tenacity.wait.wait_base):
-    """Waits `initial * 2**(n-1)` seconds after the n-th failed attempt, at most `maximum`,
-    shortened at random by up to `jitter` of itself. The jitter only shortens, so the cap is a
-    hard bound, and with a jitter under one half every wait is longer than the one before until
-    the cap; it keeps many workers of one outage from retrying in lockstep."""
-
-    def __init__(
-        self,
-        initial: float,
-        maximum: float,
-        jitter: float = BACKOFF_JITTER,
-        uniform: Callable[[], float] = random.random,
-    ) -> None:
-        if not (0 <= initial <= maximum and 0 <= jitter < 0.5):
-            raise ValueError("need 0 <= initial <= maximum and 0 <= jitter < 0.5")
-        self.initial, self.maximum, self.jitter, self.uniform = initial, maximum, jitter, uniform
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * 2 ** min(attempt - 1, 64))
-        return base * (1 - self.jitter * self.uniform())
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        return self.delay(retry_state.attempt_number)
-
-
-def describe_failure(error: BaseException, timeout_seconds: float) -> str:
-    """A short reason: '503 UNAVAILABLE: <message>', 'no answer within 600 s (ReadTimeout)'."""
-    if isinstance(error, genai_errors.APIError):
-        status = f" {error.status}" if error.status else ""
-        return f"{error.code}{status}: {error.message or 'no message'}"
-    if isinstance(error, TIMEOUT_ERRORS):
-        return f"no answer within {timeout_seconds:g} s ({type(error).__name__})"
-    return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
 class GeminiProvider(Provider):
@@ -163,54 +94,21 @@ class GeminiProvider(Provider):
     def _check_retry_settings(self) -> None:
         # The SDK reads a timeout of 0 as none at all: refuse it rather than hang.
         if min(self.request_timeout_seconds, self.embed_timeout_seconds) <= 0:
-            raise ValueError("request_timeout_seconds and embed_timeout_seconds must be > 0")
+            raise InvalidSettings("request_timeout_seconds and embed_timeout_seconds must be > 0")
         if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+            raise InvalidSettings("max_attempts must be at least 1")
         if not 0 <= self.initial_backoff_seconds <= self.max_backoff_seconds:
-            raise ValueError("need 0 <= initial_backoff_seconds <= max_backoff_seconds")
+            raise InvalidSettings("need 0 <= initial_backoff_seconds <= max_backoff_seconds")
 
     def _with_retries(self, call: Callable[[], T], what: str, timeout_seconds: float) -> T:
-        """Bounded exponential back-off with jitter (BoundedBackoff) on 429, 5xx, timeouts and
-        dropped connections; other errors (a bad request, a refused key) fail at once. After
-        the last attempt: AIUnavailable, which fails the stage as transient."""
-        attempts, started = 0, time.monotonic()
-
-        def attempt() -> T:
-            nonlocal attempts
-            attempts += 1
-            return call()
-
-        def log_retry(state: tenacity.RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            reason = describe_failure(error, timeout_seconds) if error else "no outcome"
-            sleep = state.next_action.sleep if state.next_action else 0.0
-            logger.warning(
-                self._redacted(
-                    f"{what}: {reason} (attempt {state.attempt_number} of "
-                    f"{self.max_attempts}). Retrying in {sleep:.2f} s."
-                )
-            )
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
-            wait=BoundedBackoff(self.initial_backoff_seconds, self.max_backoff_seconds),
-            retry=tenacity.retry_if_exception(is_transient),
-            before_sleep=log_retry,
-            reraise=True,
+        return with_retries(
+            call,
+            what,
+            timeout_seconds=timeout_seconds,
+            max_attempts=self.max_attempts,
+            backoff=BoundedBackoff(self.initial_backoff_seconds, self.max_backoff_seconds),
+            redacted=self._redacted,
         )
-        try:
-            return retrying(attempt)
-        except Exception as error:
-            if is_transient(error):
-                elapsed = time.monotonic() - started
-                tries = f"{attempts} attempt{'' if attempts == 1 else 's'}"
-                raise AIUnavailable(
-                    self._redacted(
-                        f"{what}: Gemini API unavailable after {tries} over {elapsed:.1f} s: "
-                        f"{describe_failure(error, timeout_seconds)}"
-                    )
-                ) from error
-            raise
 
     def _redacted(self, text: str) -> str:
         """The text without the API key (an error could echo a request URL or header)."""
@@ -230,66 +128,39 @@ class GeminiProvider(Provider):
     # -- chunking ---------------------------------------------------------------------------
 
     def chunk(self, markdown: str, scope: LedgerScope) -> list[tuple[TextChunk, dict]]:
-        template = ai_chunking.load_prompt(self.document_type)
-        windows = ai_chunking.chapter_windows(
-            markdown, max_chars=self.window_chars, overlap_chars=self.window_overlap_chars
+        plan = ChunkingPlan(
+            markdown,
+            ai_chunking.load_prompt(self.document_type),
+            window_chars=self.window_chars,
+            overlap_chars=self.window_overlap_chars,
+            max_splits=self.max_splits,
+            max_chunk_words=self.max_chunk_words,
         )
-        anchored = []
-        for window in windows:
-            anchored.extend(self._chunk_window(markdown, window, template, scope, depth=0))
-        return ai_chunking.assemble_chunks(markdown, anchored, max_words=self.max_chunk_words)
+        return chunk_with_model(plan, lambda request: self._ask_chunking(request, scope))
 
-    def _chunk_window(
-        self, markdown: str, window: Window, template: str, scope: LedgerScope, depth: int
-    ) -> list:
-        text = markdown[window.start : window.end]
-        prompt = ai_chunking.build_prompt(template, text)
+    def _ask_chunking(self, request: WindowRequest, scope: LedgerScope) -> Mapping[str, Any]:
+        """One chunking request through the ledger; its answer as the ledger keeps it."""
         config = {
             "response_mime_type": "application/json",
-            "response_json_schema": ai_chunking.chunk_schema(),
+            "response_json_schema": chunk_schema(),
             "max_output_tokens": self.max_output_tokens,
             "temperature": 0.0,
         }
-        request = AIRequest(
+        ai_request = AIRequest(
             PROVIDER,
             self.chunking_model,
             f"{ai_chunking.PROMPT_VERSION}/{self.document_type}",
-            {"prompt": prompt, "config": config},
+            {"prompt": request.prompt, "config": config},
         )
-        chapter = " › ".join(window.heading_path) or f"text at offset {window.start}"
         result = scope.call(
-            request,
+            ai_request,
             lambda: self._with_retries(
-                lambda: self._generate(prompt, config),
-                f"chunking {chapter!r}",
+                lambda: self._generate(request.prompt, config),
+                f"chunking {request.chapter!r}",
                 self.request_timeout_seconds,
             ),
         )
-        finish_reason = result.response.get("finish_reason")
-        if finish_reason in BLOCKED_FINISH_REASONS:
-            raise SafetyBlocked(f"the model refused to chunk {chapter!r} ({finish_reason})")
-        try:
-            items = ai_chunking.parse_answer(result.response.get("text"), finish_reason)
-            anchored, refused = ai_chunking.anchor_chunks(markdown, window, items)
-            if refused:
-                logger.warning(
-                    f"chunking {chapter!r}: {refused} of {len(items)} chunk texts of the answer "
-                    "are not in the source and were refused"
-                )
-            if not anchored:  # e.g. a model that followed instructions inside the book
-                raise MalformedAnswer("unanchored", "no chunk text of the answer is in the source")
-        except MalformedAnswer as problem:
-            if depth >= self.max_splits or window.end - window.start < 200:
-                raise ChunkingFailed(
-                    f"unusable answer for {chapter!r} after {depth} splits: {problem}"
-                ) from problem
-            # Never drop text: ask again for each half; each half is a new ledger request.
-            return [
-                anchored
-                for half in ai_chunking.split_window(markdown, window)
-                for anchored in self._chunk_window(markdown, half, template, scope, depth + 1)
-            ]
-        return anchored
+        return result.response
 
     # -- thematic bridges -------------------------------------------------------------------
 
@@ -300,12 +171,11 @@ class GeminiProvider(Provider):
     def judge_bridges(
         self, requests: list[BridgeRequest], scope: LedgerScope, config: BridgeConfig
     ) -> JudgedBridges:
-        edges, unusable = [], []
-        for number, bridge in enumerate(requests, start=1):
+        def ask(number: int, bridge: BridgeRequest) -> Mapping[str, Any]:
             payload = bridge.request.payload
             result = scope.call(
                 bridge.request,
-                lambda payload=payload, number=number: self._with_retries(
+                lambda: self._with_retries(
                     lambda: self._generate(
                         payload["prompt"], payload["config"], model=self.bridge_model
                     ),
@@ -313,21 +183,9 @@ class GeminiProvider(Provider):
                     self.request_timeout_seconds,
                 ),
             )
-            finish_reason = result.response.get("finish_reason")
-            try:
-                if finish_reason in BLOCKED_FINISH_REASONS:
-                    raise MalformedJudgements("blocked", f"the model refused ({finish_reason})")
-                edges.extend(
-                    parse_judgements(
-                        result.response.get("text"),
-                        bridge.pairs,
-                        config,
-                        finish_reason=finish_reason,
-                    )
-                )
-            except MalformedJudgements as problem:
-                unusable.append(f"request {number}: {problem}")
-        return JudgedBridges(edges, unusable)
+            return result.response
+
+        return bridges.judge_all(requests, ask, config)
 
     def _generate(self, prompt: str, config: dict[str, Any], model: str | None = None) -> AIAnswer:
         response = self.client.models.generate_content(
@@ -352,7 +210,7 @@ class GeminiProvider(Provider):
             text = "".join(part.text or "" for part in candidate.content.parts) or None
         # Untrusted: without NUL characters and unpaired surrogates, which the ledger's JSON
         # column refuses (a paid answer that cannot be stored would be paid again).
-        text = ai_chunking.clean_answer_text(text)
+        text = clean_answer_text(text)
         return AIAnswer(
             {"text": text, "finish_reason": finish_reason}, usage, self._generation_cost(usage)
         )
@@ -381,19 +239,8 @@ class GeminiProvider(Provider):
                 self.embed_timeout_seconds,
             ),
         )
-        vectors = np.asarray(result.response["vectors"], dtype=np.float32)
-        if vectors.shape != (len(texts), self.dimensions):
-            raise ValueError(
-                f"the embedding answer has shape {vectors.shape}, "
-                f"expected ({len(texts)}, {self.dimensions})"
-            )
-        if not np.isfinite(vectors).all():  # pgvector refuses NaN and infinity
-            raise ValueError("the embedding answer holds values that are not finite numbers")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if not np.all(norms > 0):
-            raise ValueError("the embedding answer holds a zero vector")
         # Below 3072 dimensions the model's vectors are not normalized.
-        return vectors / norms
+        return normalized_vectors(result.response["vectors"], len(texts), self.dimensions)
 
     def _embed(self, texts: list[str]) -> AIAnswer:
         response = self.client.models.embed_content(

@@ -6,7 +6,8 @@ from contextlib import AbstractContextManager
 
 from dagster import AssetExecutionContext, ConfigurableResource
 
-from doc_pipeline.core.heartbeat import Heartbeat
+from doc_pipeline.core.reaper import DEFAULT_STALE_AFTER
+from doc_pipeline.db.heartbeats import DEFAULT_INTERVAL_SECONDS, Heartbeat
 from doc_pipeline.resources.app_database import AppDatabase
 
 
@@ -14,8 +15,8 @@ class Liveness(ConfigurableResource):
     """`heartbeat_interval_seconds`: how often a long step writes a heartbeat.
     `stale_after_minutes`: how old the newest heartbeat of a run may be before it is stale."""
 
-    heartbeat_interval_seconds: float = 60.0
-    stale_after_minutes: float = 30.0
+    heartbeat_interval_seconds: float = DEFAULT_INTERVAL_SECONDS
+    stale_after_minutes: float = DEFAULT_STALE_AFTER.total_seconds() / 60
 
     def heartbeat(
         self, context: AssetExecutionContext, app_database: AppDatabase

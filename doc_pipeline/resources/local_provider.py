@@ -6,7 +6,7 @@ import numpy as np
 
 from doc_pipeline.core import lexical_embedding
 from doc_pipeline.core.chunking import ChunkingConfig, TextChunk, chunk_markdown
-from doc_pipeline.core.ledger import LedgerScope
+from doc_pipeline.db.ledger_store import LedgerScope
 from doc_pipeline.resources.provider import Provider
 
 

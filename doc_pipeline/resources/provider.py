@@ -10,8 +10,8 @@ from dagster import ConfigurableResource
 from doc_pipeline.core.bridges import BridgeConfig, BridgeRequest, JudgedBridges
 from doc_pipeline.core.chunking import TextChunk
 from doc_pipeline.core.epub import ExtractedBook, epub_to_markdown
-from doc_pipeline.core.ledger import LedgerScope
 from doc_pipeline.core.semantic import SemanticConfig
+from doc_pipeline.db.ledger_store import LedgerScope
 
 
 class Provider(ConfigurableResource):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from doc_pipeline.core.registration import stored_source_path
+from doc_pipeline.core.book_files import stored_source_path
 from doc_pipeline.settings import Settings
 
 

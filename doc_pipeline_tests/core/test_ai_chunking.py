@@ -15,23 +15,25 @@ from hypothesis import strategies as st
 from doc_pipeline.core.ai_chunking import (
     DOCUMENT_TYPES,
     PROMPT_VERSION,
-    TEXT_END,
-    TEXT_START,
-    AnchoredChunk,
-    MalformedAnswer,
     SafetyBlocked,
-    Window,
-    anchor_chunks,
     assemble_chunks,
-    build_prompt,
-    chapter_windows,
-    chunk_schema,
-    clean_answer_text,
     load_prompt,
+)
+from doc_pipeline.core.chunk_answers import (
+    AnchoredChunk,
+    anchor_chunks,
+    chunk_schema,
     parse_answer,
-    split_window,
 )
 from doc_pipeline.core.chunking import TextChunk, count_words
+from doc_pipeline.core.model_text import (
+    TEXT_END,
+    TEXT_START,
+    MalformedAnswer,
+    build_prompt,
+    clean_answer_text,
+)
+from doc_pipeline.core.windows import Window, chapter_windows, split_window
 
 FLATLAND = Path("/work/shared/corpus/epub/se-abbott-flatland.epub3.epub")
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]

@@ -9,7 +9,6 @@ from google.genai import types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from doc_pipeline.core.ai_chunking import TEXT_END, TEXT_START, MalformedAnswer
 from doc_pipeline.core.bridges import (
     BRIDGE_TYPES,
     PROMPT_VERSION,
@@ -19,6 +18,7 @@ from doc_pipeline.core.bridges import (
     MalformedJudgements,
     bridge_skip_reason,
     build_requests,
+    judge_all,
     judgement_schema,
     load_judge_prompt,
     parse_judgements,
@@ -26,6 +26,7 @@ from doc_pipeline.core.bridges import (
     truncate_text,
 )
 from doc_pipeline.core.connection_types import ChunkFacts, chunk_facts
+from doc_pipeline.core.model_text import TEXT_END, TEXT_START, MalformedAnswer
 from doc_pipeline_tests.fakes.gemini_content import json_answer
 
 WORDS = ["river", "mill", "stone", "harvest", "winter", "lantern", "village", "merchant"]
@@ -404,3 +405,30 @@ def test_fake_gemini_answers_parse_into_edges():
     assert min(strengths) < 0.25 and max(strengths) > 0.75
     assert all(0.5 <= e.strength <= 1 for e in edges)
     assert all(re.search(r"\w", e.metadata["explanation"]) for e in edges)
+
+
+def test_judging_every_request_keeps_usable_answers_and_reports_the_others():
+    _, _, requests = sample_requests()
+    answers = {
+        1: {"text": answer(judgement(1), judgement(2, "none")), "finish_reason": "STOP"},
+        2: {"text": None, "finish_reason": "SAFETY"},
+        3: {"text": '{"judgements": [', "finish_reason": "STOP"},
+    }
+    asked = []
+
+    def ask(number, bridge):
+        asked.append((number, bridge))
+        return answers.get(number, {"text": answer(), "finish_reason": "STOP"})
+
+    judged = judge_all(requests, ask)
+    assert [number for number, _ in asked] == [1, 2, 3, 4, 5]
+    assert [bridge for _, bridge in asked] == requests
+    (edge,) = judged.edges
+    first = requests[0].pairs[0]
+    assert (edge.source_chunk_id, edge.target_chunk_id) == (
+        first.source_chunk_id,
+        first.target_chunk_id,
+    )
+    blocked, broken = judged.unusable
+    assert blocked == "request 2: blocked: the model refused (SAFETY)"
+    assert broken.startswith("request 3: invalid_json: ")

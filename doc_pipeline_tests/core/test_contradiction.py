@@ -21,7 +21,7 @@ def meta(
     polarity: float | None = None,
     importance: float | None = 0.5,
 ) -> dict:
-    """Chunk metadata shaped like the AI chunker's (see ai_chunking._clean_item)."""
+    """Chunk metadata shaped like the AI chunker's (see chunk_answers._clean_item)."""
     return {
         "themes": ["a theme"],
         "concepts": [{"name": n, "importance": i} for n, i in (concepts or {}).items()],

@@ -5,8 +5,11 @@ safe lxml parser (no entity expansion, no DTD, no network), cleaned (Project Gut
 boilerplate, scripts, SVG), given table-of-contents headings and markdown footnotes, then
 rendered with a markdownify subclass.
 
-The steps live in this package's modules: archive (ZIP container, OPF package, metadata),
-documents (spine documents), footnotes, toc (table of contents headings) and rendering.
+The steps live in this package's modules: archive (ZIP container checks), package (OPF
+package and metadata), documents (spine documents), footnotes, toc (table of contents
+headings) and rendering. They share safe_zip (bounded reads of a hostile ZIP), markup (safe
+XML parser, element helpers), hrefs (link resolution), gutenberg (Project Gutenberg
+boilerplate) and errors (InvalidBookError).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from pathlib import Path
 
 from lxml import etree
 
-from doc_pipeline.core.epub.archive import _authors, _check_archive, _first_dc, _read_package
-from doc_pipeline.core.epub.documents import _load_documents
+from doc_pipeline.core.epub.archive import check_archive
+from doc_pipeline.core.epub.documents import load_documents
 from doc_pipeline.core.epub.errors import InvalidBookError
-from doc_pipeline.core.epub.footnotes import _Notes
-from doc_pipeline.core.epub.rendering import _render
+from doc_pipeline.core.epub.footnotes import Notes
+from doc_pipeline.core.epub.markup import TOKEN
+from doc_pipeline.core.epub.package import authors, first_dc, read_package
+from doc_pipeline.core.epub.rendering import render
 from doc_pipeline.core.epub.safe_zip import ReaderLimits
-from doc_pipeline.core.epub.toc import _TOKEN, _flatten_toc, _toc_base_dir
+from doc_pipeline.core.epub.toc import flatten_toc, toc_base_dir
 
 __all__ = ["ExtractedBook", "InvalidBookError", "ReaderLimits", "epub_to_markdown"]
 
@@ -54,29 +59,30 @@ def epub_to_markdown(
     name = name or path.name
     limits = limits or ReaderLimits()
     warnings: list[str] = []
-    opf_path = _check_archive(path, name, warnings, limits)
-    book, reader = _read_package(path, name, opf_path, warnings, limits)
+    opf_path = check_archive(path, name, warnings, limits)
+    package = read_package(path, name, opf_path, warnings, limits)
+    book = package.book
     if not book.spine:
         raise InvalidBookError(f"{name}: empty spine: no reading order (OPF lists no documents)")
     try:
-        loaded = _load_documents(book, reader, warnings, name, limits)
+        loaded = load_documents(package, warnings, name, limits)
         image_count = loaded.images
-        notes = _Notes(loaded.docs)
-        toc = _flatten_toc(book.toc, _toc_base_dir(book), 1)
-        markdown, chapters = _render(loaded.docs, toc, notes, warnings)
+        notes = Notes(loaded.docs)
+        toc = flatten_toc(book.toc, toc_base_dir(book), 1)
+        markdown, chapters = render(loaded.docs, toc, notes, warnings)
     except (etree.LxmlError, KeyError, ValueError, RecursionError) as exc:
         # Bugs or pathological markup must still surface as "this book failed, because".
         raise InvalidBookError(f"{name}: conversion failed ({type(exc).__name__}: {exc})") from exc
-    if not _TOKEN.search(_HEADING_MD.sub("", _IMAGE_MD.sub("", markdown))):
+    if not TOKEN.search(_HEADING_MD.sub("", _IMAGE_MD.sub("", markdown))):
         detail = f" (image-only, {image_count} images)" if image_count else ""
         raise InvalidBookError(f"{name}: no extractable text{detail}")
-    title = _first_dc(book, "title")
+    title = first_dc(book, "title")
     if not title:
         warnings.append("no dc:title in the OPF metadata; using the file name")
     return ExtractedBook(
         title=title or Path(name).stem,
-        author=_authors(book),
-        language=_first_dc(book, "language"),
+        author=authors(book),
+        language=first_dc(book, "language"),
         markdown=markdown,
         chapter_count=chapters,
         warnings=tuple(warnings),

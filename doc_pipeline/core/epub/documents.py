@@ -1,4 +1,4 @@
-"""Spine documents: safe parsing, entity defusing, cleanup and Gutenberg boilerplate removal."""
+"""Spine documents: safe parsing, entity defusing and cleanup into plain element trees."""
 
 from __future__ import annotations
 
@@ -6,23 +6,20 @@ import html.entities
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import lxml.html
 from ebooklib import epub
 from lxml import etree
 
 from doc_pipeline.core.epub.errors import InvalidBookError
+from doc_pipeline.core.epub.gutenberg import PG_LICENCE_TITLE, drop_pg_boilerplate
+from doc_pipeline.core.epub.markup import remove, xml_parser
+from doc_pipeline.core.epub.package import Package
 from doc_pipeline.core.epub.safe_zip import ReaderLimits
-
-if TYPE_CHECKING:
-    from doc_pipeline.core.epub.archive import _LenientReader
 
 _OPS_NS = "{http://www.idpf.org/2007/ops}"
 
 _HTML_MEDIA_TYPES = {"application/xhtml+xml", "text/html"}
-
-_HEADING_TAGS = {f"h{n}" for n in range(1, 7)}
 
 _DROP_TAGS = {
     "head",
@@ -39,17 +36,6 @@ _DROP_TAGS = {
     "title",
 }
 
-_PG_IDS = {
-    "pg-header",
-    "pg-footer",
-    "pg-machine-header",
-    "pg-start-separator",
-    "pg-end-separator",
-    "project-gutenberg-license",
-}
-_PG_CLASSES = {"pg-boilerplate", "pgheader", "pgfooter"}
-_PG_LICENCE_TITLE = re.compile(r"full\s+project\s+gutenberg\W{0,3}\s*licen[cs]e", re.I)
-
 _ENTITY_REF = re.compile(rb"&([A-Za-z][A-Za-z0-9]{1,31});")
 _XML_BUILTIN_ENTITIES = {b"amp", b"lt", b"gt", b"quot", b"apos"}
 
@@ -60,7 +46,7 @@ _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 @dataclass
-class _Doc:
+class Doc:
     name: str  # path relative to the OPF directory, as manifest hrefs are
     body: etree._Element
     ids: dict[str, etree._Element] = field(default_factory=dict)
@@ -76,19 +62,15 @@ class _Doc:
 
 @dataclass
 class _Loaded:
-    docs: list[_Doc]
+    docs: list[Doc]
     images: int  # <img>/<image> elements in the spine documents
     markup_errors: int  # parser errors recovered from (malformed markup), all documents
 
 
-def _load_documents(
-    book: epub.EpubBook,
-    reader: _LenientReader,
-    warnings: list[str],
-    book_name: str,
-    limits: ReaderLimits,
+def load_documents(
+    package: Package, warnings: list[str], book_name: str, limits: ReaderLimits
 ) -> _Loaded:
-    missing = set(reader.missing)
+    book = package.book
     loaded = _Loaded([], 0, 0)
     pg_dropped = False
     for idref, _linear in book.spine:
@@ -96,13 +78,14 @@ def _load_documents(
         if item is None:
             warnings.append(f"spine item {idref!r} is not in the manifest; skipped")
             continue
-        path = posixpath.normpath(posixpath.join(reader.opf_dir, item.file_name))
-        if path in reader.unsafe:
+        path = posixpath.normpath(posixpath.join(package.opf_dir, item.file_name))
+        if path in package.unsafe:
             warnings.append(
-                f"spine item {item.file_name!r} has an unsafe path ({reader.unsafe[path]}); skipped"
+                f"spine item {item.file_name!r} has an unsafe path "
+                f"({package.unsafe[path]}); skipped"
             )
             continue
-        if path in missing:
+        if path in package.missing:
             warnings.append(f"spine item {item.file_name!r} is missing from the archive; skipped")
             continue
         if isinstance(item, epub.EpubNav) or item.media_type not in _HTML_MEDIA_TYPES:
@@ -125,28 +108,16 @@ def _load_documents(
         body, title, n_images, n_errors = parsed
         loaded.images += n_images
         loaded.markup_errors += n_errors
-        if _PG_LICENCE_TITLE.search(title):
+        if PG_LICENCE_TITLE.search(title):
             pg_dropped = True
             continue
-        pg_dropped |= _drop_pg_boilerplate(body)
-        doc = _Doc(item.file_name, body)
+        pg_dropped |= drop_pg_boilerplate(body)
+        doc = Doc(item.file_name, body)
         doc.index_ids()
         loaded.docs.append(doc)
     if pg_dropped:
         warnings.append("dropped Project Gutenberg header/licence boilerplate")
     return loaded
-
-
-def _xml_parser(recover: bool = True) -> etree.XMLParser:
-    # Entities stay unexpanded and no DTD or network resource is ever loaded.
-    return etree.XMLParser(
-        recover=recover,
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
 
 
 def _parse_document(
@@ -156,12 +127,12 @@ def _parse_document(
     recovered from) or None. Well-formed XHTML goes through the XML parser; anything else
     through the HTML parser, which is built for tag soup and recovers more of the text."""
     data = _defuse_entities(data, name, warnings)
-    xml_parser = _xml_parser()
+    xhtml_parser = xml_parser()
     try:
-        root = etree.fromstring(data, xml_parser)
+        root = etree.fromstring(data, xhtml_parser)
     except (etree.XMLSyntaxError, ValueError):
         root = None
-    errors = [e for e in xml_parser.error_log if e.level >= etree.ErrorLevels.ERROR]
+    errors = [e for e in xhtml_parser.error_log if e.level >= etree.ErrorLevels.ERROR]
     if any("depth" in e.message.lower() for e in errors):
         raise _TooDeep
     if errors or root is None or _localname(root) != "html":
@@ -185,7 +156,7 @@ def _parse_document(
         body = root
     images = sum(1 for el in body.iter("img", "image"))
     for el in [el for el in body.iter() if el.tag in _DROP_TAGS]:
-        _remove(el)
+        remove(el)
     _collapse_whitespace(body)
     return body, title, images, len(errors)
 
@@ -266,43 +237,5 @@ def _strip_namespaces(root: etree._Element, name: str, warnings: list[str]) -> N
     if entities:
         warnings.append(f"{name}: dropped unexpanded entity reference(s) {', '.join(entities)}")
     for el in junk:
-        _remove(el)
+        remove(el)
     etree.cleanup_namespaces(root)
-
-
-def _remove(el: etree._Element) -> None:
-    """Detach el, keeping its tail text in place."""
-    parent = el.getparent()
-    if parent is None:
-        return
-    if el.tail:
-        prev = el.getprevious()
-        if prev is not None:
-            prev.tail = (prev.tail or "") + el.tail
-        else:
-            parent.text = (parent.text or "") + el.tail
-    parent.remove(el)
-
-
-def _tokens_of(el: etree._Element, attr: str) -> set[str]:
-    return set((el.get(attr) or "").split())
-
-
-def _epub_types(el: etree._Element) -> set[str]:
-    return _tokens_of(el, "epub-type") | _tokens_of(el, "epub:type")
-
-
-def _drop_pg_boilerplate(body: etree._Element) -> bool:
-    doomed = [
-        el for el in body.iter() if el.get("id") in _PG_IDS or _tokens_of(el, "class") & _PG_CLASSES
-    ]
-    for el in doomed:
-        if el.getparent() is not None:
-            _remove(el)
-    return bool(doomed)
-
-
-def _has_content(el: etree._Element) -> bool:
-    if any(text.strip() for text in el.itertext()):
-        return True
-    return any((img.get("alt") or "").strip() for img in el.iter("img"))

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from collections.abc import Callable, Iterator
 
 from lxml import etree
 
-from doc_pipeline.core.epub.documents import (
-    _HEADING_TAGS,
-    _Doc,
-    _epub_types,
-    _remove,
-    _tokens_of,
-)
-
-if TYPE_CHECKING:
-    from doc_pipeline.core.epub.rendering import _Converter
-
+from doc_pipeline.core.epub.documents import Doc
+from doc_pipeline.core.epub.hrefs import resolve_href
+from doc_pipeline.core.epub.markup import HEADING_TAGS, epub_types, remove, tokens_of
 
 _NOTE_TYPES = {"footnote", "endnote", "rearnote"}
 _NOTE_ROLES = {"doc-footnote", "doc-endnote"}
@@ -29,21 +19,12 @@ _NOTES_CONTAINER_ROLES = {"doc-endnotes", "doc-footnotes"}
 _BACKLINK_TEXT = {"↩", "↩\ufe0e", "↩\ufe0f", "↑", "^", "back"}
 
 
-def _resolve_href(href: str, base_dir: str) -> tuple[str | None, str | None]:
-    """(document path relative to the OPF dir, fragment); (None, None) for external links."""
-    parts = urlsplit(href)
-    if parts.scheme or parts.netloc:
-        return None, None
-    path = unquote(parts.path)
-    doc = posixpath.normpath(posixpath.join(base_dir, path)) if path else None
-    return doc, unquote(parts.fragment) or None
-
-
-class _Notes:
+class Notes:
     """Finds note references and note bodies, replaces each reference with a markdown
-    footnote marker "[^label]" and detaches the bodies for rendering as definitions."""
+    footnote marker "[^label]" and detaches the bodies, which become definitions through the
+    caller's `render` (element -> markdown)."""
 
-    def __init__(self, docs: list[_Doc]) -> None:
+    def __init__(self, docs: list[Doc]) -> None:
         self.by_name = {doc.name: doc for doc in docs}
         self.bodies: dict[tuple[str, str], etree._Element] = {}
         self.labels: dict[tuple[str, str], str] = {}
@@ -58,9 +39,9 @@ class _Notes:
             self._replace_refs(doc)
         self._detach_bodies()
 
-    def _find_bodies(self, doc: _Doc) -> None:
+    def _find_bodies(self, doc: Doc) -> None:
         for el in doc.body.iter():
-            types, roles = _epub_types(el), _tokens_of(el, "role")
+            types, roles = epub_types(el), tokens_of(el, "role")
             if el.get("id") and (types & _NOTE_TYPES or roles & _NOTE_ROLES):
                 self.bodies[(doc.name, el.get("id"))] = el
             elif types & _NOTES_CONTAINER_TYPES or roles & _NOTES_CONTAINER_ROLES:
@@ -68,16 +49,16 @@ class _Notes:
                     if child.get("id"):
                         self.bodies.setdefault((doc.name, child.get("id")), child)
 
-    def _targets(self, doc: _Doc) -> Iterator[tuple[etree._Element, tuple[str, str]]]:
+    def _targets(self, doc: Doc) -> Iterator[tuple[etree._Element, tuple[str, str]]]:
         base = posixpath.dirname(doc.name)
         for a in doc.body.iter("a"):
-            target_doc, frag = _resolve_href(a.get("href") or "", base)
+            target_doc, frag = resolve_href(a.get("href") or "", base)
             if frag:
                 yield a, (target_doc or doc.name, frag)
 
-    def _find_typed_ref_targets(self, doc: _Doc) -> None:
+    def _find_typed_ref_targets(self, doc: Doc) -> None:
         for a, key in self._targets(doc):
-            typed = "noteref" in _epub_types(a) or "doc-noteref" in _tokens_of(a, "role")
+            typed = "noteref" in epub_types(a) or "doc-noteref" in tokens_of(a, "role")
             target_doc = self.by_name.get(key[0])
             if not typed or key in self.bodies or target_doc is None:
                 continue
@@ -85,7 +66,7 @@ class _Notes:
             if target is not None and target.tag not in {"body", "html"} and a not in target.iter():
                 self.bodies[key] = target
 
-    def _replace_refs(self, doc: _Doc) -> None:
+    def _replace_refs(self, doc: Doc) -> None:
         owner_of = {el: key for key, el in self.bodies.items() if key[0] == doc.name}
         for a, key in list(self._targets(doc)):
             if key not in self.bodies:
@@ -99,7 +80,7 @@ class _Notes:
                 self.first_ref_in.setdefault(owner, []).append(key)
             marker = f"[^{self.labels[key]}]"
             a.tail = marker + (a.tail or "")
-            _remove(a)
+            remove(a)
 
     def _new_label(self, fragment: str) -> str:
         base = re.sub(r"[^A-Za-z0-9-]+", "-", fragment).strip("-") or "note"
@@ -115,35 +96,35 @@ class _Notes:
         for (doc_name, _frag), el in self.bodies.items():
             self.by_name[doc_name].had_notes = True
             for anc in el.iterancestors():
-                if _epub_types(anc) & _NOTES_CONTAINER_TYPES or _tokens_of(anc, "role") & (
+                if epub_types(anc) & _NOTES_CONTAINER_TYPES or tokens_of(anc, "role") & (
                     _NOTES_CONTAINER_ROLES
                 ):
                     containers.add(anc)
             if el.getparent() is not None:
-                _remove(el)
+                remove(el)
             for a in [a for a in el.iter("a") if _is_backlink(a)]:
-                _remove(a)
+                remove(a)
         for container in containers:
             if not _has_content_besides_headings(container) and container.getparent() is not None:
-                _remove(container)
+                remove(container)
 
-    def definitions_for(self, owner: object, conv: _Converter) -> list[str]:
+    def definitions_for(self, owner: object, render: Callable[[etree._Element], str]) -> list[str]:
         definitions = []
         for key in self.first_ref_in.get(owner, []):
             if key not in self.emitted:
-                definitions.append(self._definition(key, conv))
-                definitions.extend(self.definitions_for(key, conv))
+                definitions.append(self._definition(key, render))
+                definitions.extend(self.definitions_for(key, render))
         return definitions
 
-    def leftovers(self, conv: _Converter) -> list[str]:
+    def leftovers(self, render: Callable[[etree._Element], str]) -> list[str]:
         keys = [key for key in self.bodies if key not in self.emitted]
         for key in keys:
             self.labels.setdefault(key, self._new_label(key[1]))
-        return [self._definition(key, conv) for key in keys]
+        return [self._definition(key, render) for key in keys]
 
-    def _definition(self, key: tuple[str, str], conv: _Converter) -> str:
+    def _definition(self, key: tuple[str, str], render: Callable[[etree._Element], str]) -> str:
         self.emitted.add(key)
-        text = conv.element(self.bodies[key]).strip()
+        text = render(self.bodies[key]).strip()
         lines = [
             line if not line or i == 0 else "    " + line
             for i, line in enumerate(text.splitlines())
@@ -152,13 +133,13 @@ class _Notes:
 
 
 def _is_backlink(a: etree._Element) -> bool:
-    if "backlink" in _epub_types(a) or "doc-backlink" in _tokens_of(a, "role"):
+    if "backlink" in epub_types(a) or "doc-backlink" in tokens_of(a, "role"):
         return True
     return "".join(a.itertext()).strip().lower() in _BACKLINK_TEXT
 
 
 def _has_content_besides_headings(el: etree._Element) -> bool:
-    skip = {h for tag in (*_HEADING_TAGS, "hgroup") for h in el.iter(tag)}
+    skip = {h for tag in (*HEADING_TAGS, "hgroup") for h in el.iter(tag)}
     for node in el.iter():
         inside_heading = node in skip or any(a in skip for a in node.iterancestors())
         if not inside_heading and (node.text or "").strip():

@@ -1,4 +1,4 @@
-"""Rendering: the markdownify converter, one book's markdown, the Gutenberg cut, normalizing."""
+"""Rendering: the markdownify converter, then one book's documents and notes as markdown."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from bs4 import Tag
 from lxml import etree
 from markdownify import ATX, MarkdownConverter
 
-from doc_pipeline.core.epub.documents import _Doc, _has_content, _remove
-from doc_pipeline.core.epub.footnotes import _Notes
-from doc_pipeline.core.epub.toc import _place_headings, _TocEntry
+from doc_pipeline.core.epub.documents import Doc
+from doc_pipeline.core.epub.footnotes import Notes
+from doc_pipeline.core.epub.gutenberg import cut_gutenberg
+from doc_pipeline.core.epub.markup import has_content, remove
+from doc_pipeline.core.epub.toc import TocEntry, place_headings
 
 _BLOCKISH_TAGS = {
     "header",
@@ -28,13 +30,6 @@ _BLOCKISH_TAGS = {
     "summary",
     "body",
 }
-
-_PG_START = re.compile(
-    r"^[\\* ]*\*[\\* ]*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.I | re.M
-)
-_PG_END = re.compile(
-    r"^[\\* ]*END OF (?:THE |THIS )?PROJECT GUTENBERG(?:'S| E-?BOOK).*$", re.I | re.M
-)
 
 # A run of 1-6 '#' standing alone opens an ATX heading at the start of a line; 3+ backticks or
 # tildes open a code fence.
@@ -118,13 +113,13 @@ def _flatten_table(table: etree._Element) -> None:
     caption = table.find("caption")
     if caption is not None:
         caption.tag = "p"
-        _remove(caption)
-        caption.tail = None  # _remove left it in the table
+        remove(caption)
+        caption.tail = None  # remove() left it in the table
         table.addprevious(caption)
     loose = [table.text]  # in document order, as far as it matters
     table.text = None
     for node in [n for n in table if n.tag in {"col", "colgroup"}]:
-        _remove(node)
+        remove(node)
     for group in [n for n in table if n.tag in {"thead", "tbody", "tfoot"}]:
         if group.tag == "thead":
             for cell in group.iter("td"):
@@ -132,7 +127,7 @@ def _flatten_table(table: etree._Element) -> None:
         loose.append(group.text)
         for row in list(group):
             group.addprevious(row)
-        _remove(group)
+        remove(group)
     loose.append(table.text)
     table.text = None
     for node in table:
@@ -168,40 +163,29 @@ def _wrap_loose_list_content(lst: etree._Element) -> None:
             child.addnext(run)
 
 
-def _render(
-    docs: list[_Doc], toc: list[_TocEntry], notes: _Notes, warnings: list[str]
+def render(
+    docs: list[Doc], toc: list[TocEntry], notes: Notes, warnings: list[str]
 ) -> tuple[str, int]:
     conv = _Converter()
-    by_doc: dict[str, list[_TocEntry]] = {}
+    by_doc: dict[str, list[TocEntry]] = {}
     for entry in toc:
         by_doc.setdefault(entry.doc, []).append(entry)
     parts: list[str] = []
     chapters = rendered = 0
     for doc in docs:
         entries = by_doc.get(doc.name, [])
-        if not _has_content(doc.body) and (doc.had_notes or not entries):
+        if not has_content(doc.body) and (doc.had_notes or not entries):
             continue  # e.g. the endnotes file once its notes became footnotes
-        chapters += _place_headings(doc, entries)
+        chapters += place_headings(doc, entries)
         parts.append(conv.element(doc.body))
         rendered += 1
-        parts.extend(notes.definitions_for(doc.name, conv))
-    leftovers = notes.leftovers(conv)
+        parts.extend(notes.definitions_for(doc.name, conv.element))
+    leftovers = notes.leftovers(conv.element)
     if leftovers:
         warnings.append(f"{len(leftovers)} note(s) without a reference appended at the end")
-    markdown = _cut_gutenberg("\n\n".join(parts))
+    markdown = cut_gutenberg("\n\n".join(parts))
     markdown = "\n\n".join([markdown, *leftovers])
     return _normalize(markdown), chapters if toc else rendered
-
-
-def _cut_gutenberg(markdown: str) -> str:
-    """Drop anything before a PG START marker line and after a PG END marker line."""
-    start = _PG_START.search(markdown)
-    if start:
-        markdown = markdown[start.end() :]
-    end = _PG_END.search(markdown)
-    if end:
-        markdown = markdown[: end.start()]
-    return markdown
 
 
 def _normalize(markdown: str) -> str:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import dataclass
 
 from ebooklib import epub
 from lxml import etree
 
-from doc_pipeline.core.epub.documents import _HEADING_TAGS, _PG_LICENCE_TITLE, _Doc
-from doc_pipeline.core.epub.footnotes import _resolve_href
+from doc_pipeline.core.epub.documents import Doc
+from doc_pipeline.core.epub.gutenberg import PG_LICENCE_TITLE
+from doc_pipeline.core.epub.hrefs import resolve_href
+from doc_pipeline.core.epub.markup import HEADING_TAGS, TOKEN
 
-_HEADINGISH_XPATH = " or ".join(f"self::{t}" for t in sorted(_HEADING_TAGS | {"hgroup"}))
+_HEADINGISH_XPATH = " or ".join(f"self::{t}" for t in sorted(HEADING_TAGS | {"hgroup"}))
 
 _INLINE_TAGS = {
     "a",
@@ -39,18 +40,16 @@ _INLINE_TAGS = {
     "time",
 }
 
-_TOKEN = re.compile(r"[^\W_]+")
-
 
 @dataclass(frozen=True)
-class _TocEntry:
+class TocEntry:
     title: str
     doc: str
     fragment: str | None
     depth: int
 
 
-def _toc_base_dir(book: epub.EpubBook) -> str:
+def toc_base_dir(book: epub.EpubBook) -> str:
     """ebooklib resolves nav hrefs against the OPF dir itself but leaves NCX hrefs relative
     to the NCX file."""
     if any(isinstance(item, epub.EpubNav) for item in book.get_items()):
@@ -61,19 +60,19 @@ def _toc_base_dir(book: epub.EpubBook) -> str:
     return ""
 
 
-def _flatten_toc(nodes: object, base: str, depth: int) -> list[_TocEntry]:
-    entries: list[_TocEntry] = []
+def flatten_toc(nodes: object, base: str, depth: int) -> list[TocEntry]:
+    entries: list[TocEntry] = []
     for node in nodes if isinstance(nodes, (list, tuple)) else []:
         if isinstance(node, tuple) and len(node) == 2:
             section, children = node
-            below = _flatten_toc(children, base, depth + 1)
+            below = flatten_toc(children, base, depth + 1)
             own = _toc_entry(section, base, depth)
             if own is None and below and getattr(section, "title", None):
                 # A TOC section without a link sits where its first child does.
-                own = _TocEntry(_clean(section.title), below[0].doc, below[0].fragment, depth)
+                own = TocEntry(_clean(section.title), below[0].doc, below[0].fragment, depth)
             entries.extend([own, *below] if own else below)
         elif isinstance(node, list):
-            entries.extend(_flatten_toc(node, base, depth))
+            entries.extend(flatten_toc(node, base, depth))
         else:
             entry = _toc_entry(node, base, depth)
             if entry:
@@ -81,12 +80,12 @@ def _flatten_toc(nodes: object, base: str, depth: int) -> list[_TocEntry]:
     return entries
 
 
-def _toc_entry(node: object, base: str, depth: int) -> _TocEntry | None:
+def _toc_entry(node: object, base: str, depth: int) -> TocEntry | None:
     title = _clean(getattr(node, "title", None) or "")
-    doc, fragment = _resolve_href(getattr(node, "href", None) or "", base)
-    if not title or doc is None or _PG_LICENCE_TITLE.search(title):
+    doc, fragment = resolve_href(getattr(node, "href", None) or "", base)
+    if not title or doc is None or PG_LICENCE_TITLE.search(title):
         return None
-    return _TocEntry(title, doc, fragment, depth)
+    return TocEntry(title, doc, fragment, depth)
 
 
 def _clean(text: str) -> str:
@@ -94,10 +93,10 @@ def _clean(text: str) -> str:
 
 
 def _words(text: str) -> list[str]:
-    return _TOKEN.findall(text.casefold())
+    return TOKEN.findall(text.casefold())
 
 
-def _place_headings(doc: _Doc, entries: list[_TocEntry]) -> int:
+def place_headings(doc: Doc, entries: list[TocEntry]) -> int:
     """Put each TOC title at its anchor as <hN>, replacing the document's own heading when
     that heading says the same thing. Returns the number of headings placed."""
     placed = 0

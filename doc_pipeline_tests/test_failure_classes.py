@@ -1,30 +1,20 @@
-"""How a stage's error is classified and described (core/stages.py): a full disk and a database
-that is down are transient; messages name the problem and never show a password; and when the
-database cannot take the failure (or the heartbeat's end), the step still fails with its own
-error."""
+"""How a stage's database errors are classified and described (db/failures.py): a database
+that is down is transient, also when wrapped, and is described by the driver's message without
+the statement; and when the database cannot take the failure (or the heartbeat's end), the step
+still fails with its own error. The rules without the database: core/test_failures.py."""
 
 from __future__ import annotations
-
-import errno
-from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from doc_pipeline.core.atomic_write import StorageWriteError
 from doc_pipeline.core.epub import InvalidBookError
-from doc_pipeline.core.heartbeat import Heartbeat
-from doc_pipeline.core.stages import (
-    INVALID_INPUT,
-    PERMANENT,
-    TRANSIENT,
-    classify,
-    describe,
-    redact,
-    tracked_stage,
-)
+from doc_pipeline.core.failures import INVALID_INPUT, PERMANENT, TRANSIENT
 from doc_pipeline.db import store
+from doc_pipeline.db.failures import classify, describe
+from doc_pipeline.db.heartbeats import Heartbeat
+from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline_tests.processes import free_port
 
 
@@ -38,18 +28,6 @@ def _database_error(kind=sa.exc.OperationalError, message="server closed the con
         {"content": "x" * 5000},
         psycopg.OperationalError(message),
     )
-
-
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
-def test_a_full_disk_quota_or_size_limit_is_transient(code):
-    error = OSError(code, "no room")
-    assert classify(error) == TRANSIENT
-    assert classify(StorageWriteError(Path("/blobs/x.json"), error)) == TRANSIENT
-
-
-@pytest.mark.parametrize("code", [errno.ENOENT, errno.EACCES, errno.EISDIR])
-def test_other_file_errors_are_permanent(code):
-    assert classify(OSError(code, "no")) == PERMANENT
 
 
 def test_a_database_that_is_down_is_transient_also_when_wrapped():
@@ -75,23 +53,6 @@ def test_a_database_error_is_described_by_the_driver_without_the_statement_or_it
         "database unavailable (OperationalError): terminating connection server closed it"
     )
     assert "INSERT" not in message and "xxxx" not in message
-
-
-def test_a_storage_error_names_the_file_and_the_reason():
-    error = StorageWriteError(Path("/blobs/outputs/a.json"), OSError(errno.ENOSPC, "No space"))
-    assert describe(error) == "StorageWriteError: could not write /blobs/outputs/a.json: No space"
-
-
-def test_passwords_are_redacted_from_urls_and_connection_strings():
-    text = (
-        "postgresql+psycopg://app:s3cr%40t@db:5432/x and host=db password=hunter2 user=app"
-        " and password='two words'"
-    )
-    redacted = redact(text)
-    assert "s3cr" not in redacted and "hunter2" not in redacted and "two words" not in redacted
-    assert "postgresql+psycopg://app:***@db:5432/x" in redacted and "user=app" in redacted
-    error = RuntimeError("cannot reach postgresql://u:topsecret@h/db")
-    assert "topsecret" not in describe(error)
 
 
 def test_a_failure_that_cannot_be_recorded_still_fails_with_the_stage_error(monkeypatch):

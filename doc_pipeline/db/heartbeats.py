@@ -1,9 +1,9 @@
 """Heartbeats (DESIGN rule 5): liveness is observed, not assumed.
 
 A step that can run long beats from a daemon thread into the app database every
-`interval_seconds`. A run is stale when its newest beat is older than `stale_after`; a step
-blocked for 20 minutes in one AI call keeps beating, so it is never declared stale. The clock is
-injectable so that the rules can be tested without waiting.
+`interval_seconds`; a step blocked for 20 minutes in one AI call keeps beating. When silence
+means a run is dead is the reaper's rule (`doc_pipeline.core.reaper`). The clock is injectable
+so that both can be tested without waiting.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 
 import sqlalchemy as sa
@@ -22,18 +22,12 @@ from sqlalchemy.engine import Engine
 from doc_pipeline.db.models import Heartbeat as HeartbeatRow
 
 DEFAULT_INTERVAL_SECONDS = 60.0
-DEFAULT_STALE_AFTER = timedelta(minutes=30)
 
 Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def is_stale(last_beat: datetime | None, now: datetime, stale_after: timedelta) -> bool:
-    """A step with no beat at all, or whose newest beat is older than `stale_after`."""
-    return last_beat is None or now - last_beat > stale_after
 
 
 class Heartbeat:

@@ -8,10 +8,9 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from doc_pipeline.core.atomic_write import copy_atomically
+from doc_pipeline.core.book_files import stored_source_path
 from doc_pipeline.core.ids import document_id_for, file_sha256
 from doc_pipeline.db import store
-
-SUPPORTED_SUFFIXES = (".epub",)
 
 
 @dataclass(frozen=True)
@@ -21,28 +20,6 @@ class RegisteredFile:
     source_file: str
     stored_path: Path
     is_new: bool
-
-
-def stored_source_path(blob_dir: Path, document_id: str, source_file: str) -> Path:
-    # Only the suffix of the untrusted upload name is used in the path.
-    return blob_dir / "sources" / f"{document_id}{Path(source_file).suffix.lower()}"
-
-
-def find_book_files(paths: list[Path]) -> list[Path]:
-    """Files given directly, plus supported books found under given folders, in name order."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-                )
-            )
-        else:
-            found.append(path)
-    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def register_file(engine: Engine, blob_dir: Path, path: Path) -> RegisteredFile:
