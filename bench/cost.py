@@ -65,7 +65,7 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Prices:
-    """USD per million tokens: the GeminiProvider defaults (list prices)."""
+    """USD per million tokens: the list prices of the GeminiProvider's default models."""
 
     chunking_model: str
     embedding_model: str
@@ -75,15 +75,17 @@ class Prices:
 
     @classmethod
     def defaults(cls) -> Prices:
+        from doc_pipeline.core.models import PRICES
         from doc_pipeline.resources.gemini_provider import GeminiProvider
 
         p = GeminiProvider()
+        chunking, embedding = PRICES[p.chunking_model], PRICES[p.embedding_model_name]
         return cls(
             p.chunking_model,
             p.embedding_model_name,
-            p.price_input_per_million,
-            p.price_output_per_million,
-            p.price_embedding_per_million,
+            chunking.input_per_million,
+            chunking.output_per_million,
+            embedding.input_per_million,
         )
 
     def of(self, request: dict) -> float:
@@ -145,11 +147,14 @@ class Home:
             "GOOGLE_GEMINI_BASE_URL": self.fake_url,
         }
 
-    def start_ingest(self, books: list[Path]) -> tuple[subprocess.Popen, Path, Path]:
+    def start_ingest(
+        self, books: list[Path], options: tuple[str, ...] = ()
+    ) -> tuple[subprocess.Popen, Path, Path]:
         self.runs += 1
         stdout = self.path.parent / f"{self.path.name}-run{self.runs}.out"
         stderr = self.path.parent / f"{self.path.name}-run{self.runs}.err"
-        command = [sys.executable, "-m", "doc_pipeline", "ingest", "--json", *map(str, books)]
+        command = [sys.executable, "-m", "doc_pipeline", "ingest", "--json", *options]
+        command += map(str, books)
         with stdout.open("w") as out, stderr.open("w") as err:
             process = subprocess.Popen(
                 command,
@@ -162,16 +167,19 @@ class Home:
             )
         return process, stdout, stderr
 
-    def ingest(self, books: list[Path]) -> list[dict]:
-        """Run the ingest to completion; every document must end `connected`."""
+    def ingest(
+        self, books: list[Path], options: tuple[str, ...] = (), timeout: float = TIMEOUT
+    ) -> list[dict]:
+        """Run the ingest (with `options`, e.g. `--config FILE`) to completion; every document
+        must end `connected`."""
         from doc_pipeline_tests.processes import stop_process_group
 
-        process, stdout, stderr = self.start_ingest(books)
+        process, stdout, stderr = self.start_ingest(books, options)
         try:
-            process.wait(TIMEOUT)
+            process.wait(timeout)
         except subprocess.TimeoutExpired as error:
             raise BenchError(
-                f"ingest of {[b.name for b in books]} took over {TIMEOUT:.0f} s; see {stderr}"
+                f"ingest of {[b.name for b in books]} took over {timeout:.0f} s; see {stderr}"
             ) from error
         finally:
             stop_process_group(process)

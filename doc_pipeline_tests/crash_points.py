@@ -35,6 +35,28 @@ def paid_bodies(fake: FakeGemini) -> list[str]:
     ]
 
 
+def requests_in_flight(fake: FakeGemini, engine: Engine, document_id: str, stage: str) -> int:
+    """The stage's AI requests the run worker has sent and not yet committed to the ledger:
+    those the fake is still handling, and those it answered that the ledger does not hold
+    yet. A kill now loses these; the retry pays them again, and no more."""
+    if stage not in SLOWED:
+        return 0
+    method = SLOWED[stage][0]
+    answered = sum(
+        1 for r in fake.requests if r.get("api_method") == method and r.get("status") == 200
+    )
+    ledger_stage = {"chunking": "chunks", "embedding": "embeddings"}[stage]
+    with engine.connect() as conn:
+        committed = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM ai_calls"
+                " WHERE outcome = 'paid' AND stage = :stage AND document_id = :doc"
+            ),
+            {"stage": ledger_stage, "doc": document_id},
+        ).scalar_one()
+    return fake.in_flight(method) + answered - committed
+
+
 def slow_down(fake: FakeGemini, stage: str) -> None:
     """Before the run: make the stage's AI requests slow enough to be caught between."""
     if stage in SLOWED:

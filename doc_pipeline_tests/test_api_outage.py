@@ -43,8 +43,11 @@ OUTAGES = {
 
 
 def outage_config(tmp: Path, **extra) -> Path:
-    """Run config with short back-off and timeouts (YAML is a superset of JSON)."""
+    """Run config with short back-off and timeouts (YAML is a superset of JSON), one request
+    at a time: the back-off of a single request is what is measured here (concurrent requests
+    in an outage: test_concurrent_requests.py)."""
     config = {
+        "max_concurrent_requests": 1,
         "max_attempts": ATTEMPTS,
         "initial_backoff_seconds": INITIAL,
         "max_backoff_seconds": CAP,

@@ -10,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pydantic
 import pytest
@@ -21,8 +23,10 @@ from google import genai
 from google.genai import errors, types
 
 from doc_pipeline_tests.conftest import PROJECT_ROOT
-from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.fakes import FakeGemini, Latency
+from doc_pipeline_tests.fakes.gemini import main as fake_main
 from doc_pipeline_tests.fakes.gemini_content import MARK_END, MARK_START
+from doc_pipeline_tests.fakes.gemini_timing import parse_latency
 
 try:  # google-genai 3.x prefers httpx2 when it is installed
     import httpx2 as httpx
@@ -488,3 +492,212 @@ def test_compromised_answers_are_hostile_json_of_the_wire_format(fake, client, m
     assert all(c["importance"] in (1000, True) or math.isnan(c["importance"]) for c in honest)
     with pytest.raises(ValueError):
         fake.add_fault("generateContent", compromised="nice")
+
+
+def held(entry: dict) -> float:
+    """How long the fake took over a request, from its log entry."""
+    return entry["finished"] - entry["started"]
+
+
+def wait_for_log(fake: FakeGemini, count: int) -> list[dict]:
+    deadline = time.monotonic() + 5
+    while len(fake.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.02)  # the server notices a client that left within a poll
+    return fake.requests
+
+
+def test_latency_overlaps_concurrent_calls_and_not_sequential_ones(fake):
+    fake.set_latency(first_token_seconds=0.4, output_tokens_per_second=1_000_000)
+    calls, ready = 6, threading.Barrier(6)
+
+    def ask(_: int) -> float:
+        options = types.HttpOptions(base_url=fake.base_url)
+        client = genai.Client(api_key=KEY, http_options=options)
+        ready.wait(timeout=10)
+        started = time.monotonic()
+        assert "rivers" in client.models.generate_content(model=MODEL, contents="rivers").text
+        return time.monotonic() - started
+
+    with ThreadPoolExecutor(calls) as pool:
+        took = list(pool.map(ask, range(calls)))
+    assert min(took) >= 0.4
+    assert fake.peak_in_flight("generateContent") == fake.peak_in_flight() == calls
+    assert fake.in_flight() == {} and fake.in_flight("*") == 0
+    entries = fake.requests
+    assert sorted(e["in_flight_at_start"] for e in entries) == list(range(1, calls + 1))
+    assert max(e["started"] for e in entries) < min(e["finished"] for e in entries)
+    served = http(fake, "GET", "/_fake/requests")[1]
+    assert served["peak_in_flight"] == {"generateContent": calls, "*": calls}
+    assert served["in_flight"] == {}
+
+    fake.clear_requests()  # a new phase: its own peak
+    fake.set_latency(first_token_seconds=0.05)
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=fake.base_url))
+    for _ in range(3):
+        client.models.generate_content(model=MODEL, contents="rivers")
+    assert fake.peak_in_flight("generateContent") == fake.peak_in_flight() == 1
+    assert [e["in_flight_at_start"] for e in fake.requests] == [1, 1, 1]
+    assert all(held(e) >= 0.05 for e in fake.requests)
+
+
+def test_the_hold_grows_with_the_output_tokens_of_the_answer_sent(fake, client):
+    first, rate, tolerance = 0.05, 8_000, 0.4
+    fake.set_latency(first_token_seconds=first, output_tokens_per_second=rate)
+    short = client.models.generate_content(model=MODEL, contents="Tell me about rivers.")
+    long = client.models.generate_content(
+        model=MODEL, contents=chunk_prompt(book_text()), config=json_config()
+    )
+    *_, streamed = client.models.generate_content_stream(model=MODEL, contents="rivers")
+    expected, holds = [], []
+    for answer, entry in zip((short, long, streamed), fake.requests, strict=True):
+        usage = answer.usage_metadata  # what the client got: the model must use the same
+        expected.append(first + (usage.candidates_token_count + usage.thoughts_token_count) / rate)
+        assert entry["latency_seconds"] == pytest.approx(expected[-1])
+        assert expected[-1] <= held(entry) < expected[-1] + tolerance
+        holds.append(held(entry))
+    assert expected[1] > expected[0] + tolerance  # ~5,000 output tokens against ~40
+    assert holds[1] > holds[0]
+
+
+def test_a_client_that_gives_up_during_the_hold_is_never_answered(fake):
+    fake.set_latency(first_token_seconds=5)
+    impatient = genai.Client(
+        api_key=KEY, http_options=types.HttpOptions(base_url=fake.base_url, timeout=200)
+    )
+    with pytest.raises(httpx.TimeoutException):
+        impatient.models.generate_content(model=MODEL, contents="hi")
+    (entry,) = wait_for_log(fake, 1)
+    assert entry["status"] is None and entry["client_gone"] is True
+    assert entry["latency_seconds"] == 5 and held(entry) < 5  # the hold ended when it left
+    assert fake.in_flight() == {} and fake.peak_in_flight() == 1
+
+
+def test_embedding_latency_holds_each_batch_request_once(fake, client):
+    fake.set_latency(embedding_seconds=0.25)
+    texts = [f"text number {i}" for i in range(40)]
+    config = types.EmbedContentConfig(output_dimensionality=8)
+    started = time.monotonic()
+    answer = client.models.embed_content(model=EMBEDDER, contents=texts, config=config)
+    assert len(answer.embeddings) == 40  # one request, held once
+    assert time.monotonic() - started >= 0.25
+    body = {"content": {"parts": [{"text": "one text"}]}}
+    assert http(fake, "POST", f"/v1beta/models/{EMBEDDER}:embedContent", body)[0] == 200
+    assert client.models.generate_content(model=MODEL, contents="hi").text
+    entries = fake.requests
+    assert [e["api_method"] for e in entries] == [
+        "batchEmbedContents",
+        "embedContent",
+        "generateContent",
+    ]
+    assert [e.get("latency_seconds") for e in entries] == [0.25, 0.25, None]
+    assert all(held(e) >= 0.25 for e in entries[:2])
+
+
+def test_set_latency_and_the_latency_control_route(fake):
+    none = {"first_token_seconds": 0, "output_tokens_per_second": None, "embedding_seconds": 0}
+    assert fake.latency == Latency() and http(fake, "GET", "/_fake/latency") == (
+        200,
+        {"latency": none},
+    )
+    real = Latency(first_token_seconds=1.5, output_tokens_per_second=180, embedding_seconds=0.4)
+    assert real.generate_seconds(360) == 3.5 and Latency(2).generate_seconds(10**6) == 2
+    assert fake.set_latency(real) is fake.latency is real
+    assert http(fake, "GET", "/_fake/latency")[1]["latency"]["output_tokens_per_second"] == 180
+    assert fake.set_latency(embedding_seconds=0.1) == Latency(embedding_seconds=0.1)
+    with pytest.raises(TypeError):
+        fake.set_latency(real, first_token_seconds=1)
+    with pytest.raises(ValueError):
+        Latency(output_tokens_per_second=0)
+
+    status, body = http(
+        fake,
+        "POST",
+        "/_fake/latency",
+        {"first_token_seconds": 0.1, "output_tokens_per_second": 1e4},
+    )
+    assert status == 200 and fake.latency == Latency(0.1, 1e4)  # fields not given: no latency
+    assert http(fake, "POST", "/_fake/latency", body) == (200, body)  # what GET answers posts back
+    request = {"contents": [{"parts": [{"text": "hi"}]}]}
+    answer = http(fake, "POST", f"/v1/models/{MODEL}:generateContent", request)[1]
+    usage = answer["usageMetadata"]
+    output = usage["candidatesTokenCount"] + usage.get("thoughtsTokenCount", 0)
+    assert fake.requests[-1]["latency_seconds"] == pytest.approx(0.1 + output / 1e4)
+    for bad in (
+        {"first_token_seconds": -1},
+        {"output_tokens_per_second": 0},
+        {"embedding_seconds": "1"},
+        {"first_token_seconds": math.nan},
+        {"colour": "red"},
+        [0.1],
+    ):
+        assert http(fake, "POST", "/_fake/latency", bad)[0] == 400, bad
+    assert fake.latency == Latency(0.1, 1e4)
+    assert http(fake, "DELETE", "/_fake/latency") == (200, {"latency": none})
+
+
+def test_latency_command_line_flags(capsys):
+    assert parse_latency("1.5,180") == (1.5, 180.0) and parse_latency("2") == (2.0, None)
+    with pytest.raises(SystemExit) as shown:
+        fake_main(["--help"])
+    assert shown.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "--latency SECONDS[,TOKENS_PER_SECOND]" in usage and "e.g. 1.5,180" in usage
+    assert "--embedding-latency SECONDS" in usage and "whatever its batch size" in usage
+    for bad in (["--latency", "fast"], ["--latency", "1,0"], ["--embedding-latency", "-1"]):
+        with pytest.raises(SystemExit) as refused:
+            fake_main(bad)
+        assert refused.value.code == 2, bad
+    assert "TOKENS_PER_SECOND (e.g. 1.5,180)" in capsys.readouterr().err
+
+
+def test_standalone_module_with_latency():
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "doc_pipeline_tests.fakes.gemini", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--latency", "0.3,100", "--embedding-latency", "0.4"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                with urllib.request.urlopen(f"{base_url}/_fake/health", timeout=1) as health:
+                    assert json.loads(health.read()) == {"ok": True}
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the fake did not start"
+                time.sleep(0.05)
+        with urllib.request.urlopen(f"{base_url}/_fake/latency", timeout=5) as answer:
+            latency = json.loads(answer.read())["latency"]
+        assert latency == {
+            "first_token_seconds": 0.3,
+            "output_tokens_per_second": 100,
+            "embedding_seconds": 0.4,
+        }
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    assert process.returncode == 0
+
+
+def test_thinking_levels_set_the_thoughts_and_a_budget_beside_a_level_is_refused(client):
+    ask = {"model": "gemini-3.5-flash-lite", "contents": chunk_prompt(book_text())}
+    thoughts = {}
+    for level in ("minimal", "low", "high"):
+        config = types.GenerateContentConfig(thinking_config={"thinking_level": level})
+        response = client.models.generate_content(**ask, config=config)
+        thoughts[level] = response.usage_metadata.thoughts_token_count or 0
+    assert thoughts["minimal"] == 0 < thoughts["low"] < thoughts["high"]
+    both = types.ThinkingConfig(thinking_level="low", thinking_budget=128)
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(
+            **ask, config=types.GenerateContentConfig(thinking_config=both)
+        )
+    assert caught.value.code == 400 and "only one of thinking budget" in caught.value.message

@@ -162,7 +162,9 @@ def test_a_hijacked_model_changes_nothing_but_the_documents_own_validated_chunks
     importances = [c["metadata"]["importance"] for c in chunks]
     assert 1.0 in importances and None in importances
     assert any(c["metadata"]["emotional_polarity"] == -1.0 for c in chunks)
-    assert "are not in the source and were refused" in pipeline.event_log_text()
+    # The hostile block numbers (out of range, out of order, of the wrong type) were refused.
+    refused = "chunks of the answer start at no block of the text, in order, and were refused"
+    assert refused in pipeline.event_log_text()
 
     with pipeline.engine.connect() as conn:
         strengths = conn.execute(
@@ -189,12 +191,15 @@ def test_answers_without_any_text_of_the_book_fail_the_document_clearly(pipeline
 
     book = injected_flatland(tmp_path, other)
     asked_before = len(pipeline.fake.requests)
-    failed = pipeline.ingest(book, expect_exit=1)[book.name]
+    # One request at a time, so that the requests asked before the failure can be counted.
+    config = tmp_path / "one-at-a-time.yaml"
+    config.write_text('{"resources": {"provider": {"config": {"max_concurrent_requests": 1}}}}')
+    failed = pipeline.ingest(book, "--config", config, expect_exit=1)[book.name]
 
     assert failed["stage"] == "failed" and failed["error_class"] == "permanent"
     message = failed["error_message"]
     assert "unusable answer for" in message and "after 4 splits" in message, message
-    assert "no chunk text of the answer is in the source" in message
+    assert "no chunk of the answer starts at a block of the text, in order" in message
     assert not store.load_chunks(pipeline.engine, failed["document_id"])
     # The first window's answer was halved and asked again, max_splits (4) deep, then given up.
     assert len(pipeline.fake.requests) - asked_before == 5

@@ -36,6 +36,7 @@ class ConnectionsConfig(Config):
     bridge_similarity_weight: float = 0.6
     bridge_shared_terms_weight: float = 0.25
     bridge_importance_weight: float = 0.15
+    bridge_thinking: str = "low"  # of the judging model: minimal, low, medium, high, model_default
 
     def engines(self, provider: Provider) -> Engines:
         return Engines(
@@ -58,6 +59,7 @@ class ConnectionsConfig(Config):
                 similarity_weight=self.bridge_similarity_weight,
                 shared_terms_weight=self.bridge_shared_terms_weight,
                 importance_weight=self.bridge_importance_weight,
+                thinking=self.bridge_thinking,
             )
             if self.thematic_bridges
             else None,

@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 from doc_pipeline.assets import catalog, versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
+from doc_pipeline.core.parallel import BoundedRequests
 from doc_pipeline.db import store
 from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline.partitions import documents_partitions
@@ -32,7 +33,8 @@ def embeddings(
 ) -> dict:
     """One vector per chunk and model. Batches are cut the same way every time (by chunk order),
     so a retried batch is the same ledger request and is not paid again; a batch whose chunks
-    all have vectors is skipped, and each batch is committed before the next one starts."""
+    all have vectors is skipped. Batches are sent concurrently (the provider's
+    `max_concurrent_requests`), and each is committed as its answer arrives."""
     document_id = context.partition_key
     engine = app_database.engine
     model = provider.embedding_model
@@ -47,17 +49,18 @@ def embeddings(
         missing = store.chunks_missing_embeddings(engine, document_id, model)
         ordered = store.chunk_texts(engine, document_id)
         size = provider.embedding_batch_size
-        for offset in range(0, len(ordered), size):
-            batch = ordered[offset : offset + size]
-            if not any(chunk_id in missing for chunk_id, _ in batch):
-                continue
-            vectors = provider.embed([content for _, content in batch], scope)
-            wanted = {
-                chunk_id: vector
-                for (chunk_id, _), vector in zip(batch, vectors, strict=True)
-                if chunk_id in missing
-            }
-            inserted += store.write_embeddings(engine, document_id, model, wanted).inserted
+        batches = [ordered[offset : offset + size] for offset in range(0, len(ordered), size)]
+        with BoundedRequests[list](provider.max_concurrent_requests, name="embedding") as sent:
+            for batch in batches:
+                if any(chunk_id in missing for chunk_id, _ in batch):
+                    sent.submit(batch, provider.embed, [content for _, content in batch], scope)
+            for batch, vectors in sent.completed():  # each batch written as it arrives
+                wanted = {
+                    chunk_id: vector
+                    for (chunk_id, _), vector in zip(batch, vectors, strict=True)
+                    if chunk_id in missing
+                }
+                inserted += store.write_embeddings(engine, document_id, model, wanted).inserted
         total = store.count_embeddings(engine, document_id, model)
     context.add_output_metadata(
         {

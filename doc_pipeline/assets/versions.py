@@ -17,7 +17,8 @@ from doc_pipeline.settings import Settings
 
 SOURCE_VERSION = "1"
 CONVERTER_VERSION = "2"  # core/epub (2: hardened reader, control characters, lost-word fixes)
-CHUNKER_VERSION = "2"  # core/chunking, core/ai_chunking (2: untrusted-answer cleaning)
+CHUNKER_VERSION = "2"  # core/chunking, the structural chunker
+AI_CHUNKER_VERSION = "3"  # core/ai_chunking etc. (2: answer cleaning; 3: v2 block numbers)
 CONNECTIONS_VERSION = "1"  # core/semantic, core/contradiction, core/bridges
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
@@ -41,6 +42,7 @@ if PROVIDER == "gemini":
         "chunks",
         "gemini",
         CHUNKER_VERSION,
+        AI_CHUNKER_VERSION,
         _default("chunking_model"),
         _folder_digest(PROMPTS / "chunking"),
     )

@@ -4,20 +4,29 @@ The plan is pure. It says which windows of the markdown to ask about (`ChunkingP
 and judges each answer (`ChunkingPlan.judge`): accept its anchored chunks, ask again for the
 two halves of the window (an unusable answer, at most `max_splits` times), or refuse the
 document (the model blocked it, or its answers stayed unusable). The provider only sends one
-request and returns its answer; `chunk_with_model` drives the plan one request after another,
-and `ChunkingPlan.assemble` cuts the chunks from the markdown, so that no text is lost and
-none is invented, whatever the model returns.
+request and returns its answer; `chunk_with_model` drives the plan, with requests in flight
+concurrently, and `ChunkingPlan.assemble` cuts the chunks from the markdown, so that no text is
+lost and none is invented, whatever the model returns.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from doc_pipeline.core.chunk_answers import AnchoredChunk, anchor_chunks, parse_answer
+from doc_pipeline.core.blocks import NumberedText, numbered_blocks
+from doc_pipeline.core.chunk_answers import (
+    AnchoredChunk,
+    anchor_boundaries,
+    anchor_chunks,
+    boundary_schema,
+    chunk_schema,
+    parse_answer,
+    parse_boundaries,
+)
 from doc_pipeline.core.chunking import (
     ChunkingConfig,
     TextChunk,
@@ -27,11 +36,15 @@ from doc_pipeline.core.chunking import (
     is_no_space,
     trimmed_span,
 )
-from doc_pipeline.core.failures import KnownFailure
+from doc_pipeline.core.failures import InvalidSettings, KnownFailure
 from doc_pipeline.core.model_text import BLOCKED_FINISH_REASONS, MalformedAnswer, build_prompt
+from doc_pipeline.core.parallel import BoundedRequests
 from doc_pipeline.core.windows import HeadingPaths, Window, chapter_windows, split_window
 
-PROMPT_VERSION = "chunking-v1"
+# v1: the model copies each chunk's text; v2: it names the block each chunk starts with (its
+# output is metadata only, a fraction of v1's, which is most of what chunking costs).
+PROMPT_VERSIONS = ("v1", "v2")
+DEFAULT_PROMPT_VERSION = "v2"
 DOCUMENT_TYPES = ("fiction", "non-fiction", "academic", "technical", "essay")
 _MIN_SPLIT_CHARS = 200  # a window this small is not halved again
 logger = logging.getLogger(__name__)
@@ -45,14 +58,23 @@ class ChunkingFailed(KnownFailure, RuntimeError):
     """A window's answer stayed unusable after splitting it as far as allowed."""
 
 
-def load_prompt(document_type: str) -> str:
-    """The chunking prompt template for a document type."""
+def load_prompt(document_type: str, version: str = DEFAULT_PROMPT_VERSION) -> str:
+    """The chunking prompt template for a document type, of a prompt version."""
     if document_type not in DOCUMENT_TYPES:
-        raise ValueError(
+        raise InvalidSettings(
             f"unknown document type {document_type!r}; valid types: {', '.join(DOCUMENT_TYPES)}"
         )
-    folder = resources.files("doc_pipeline.prompts").joinpath("chunking", "v1")
+    if version not in PROMPT_VERSIONS:
+        raise InvalidSettings(
+            f"unknown prompt version {version!r}; one of {', '.join(PROMPT_VERSIONS)}"
+        )
+    folder = resources.files("doc_pipeline.prompts").joinpath("chunking", version)
     return folder.joinpath(f"{document_type}.md").read_text(encoding="utf-8")
+
+
+def prompt_version_key(version: str, document_type: str) -> str:
+    """The prompt version as the AI ledger keys requests by it, e.g. "chunking-v2/fiction"."""
+    return f"chunking-{version}/{document_type}"
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -65,6 +87,7 @@ class WindowRequest:
     window: Window
     prompt: str
     depth: int = 0
+    blocks: NumberedText | None = None  # v2: where the window's numbered blocks start
 
     @property
     def chapter(self) -> str:
@@ -107,13 +130,17 @@ class ChunkingPlan:
         markdown: str,
         template: str,
         *,
+        version: str = DEFAULT_PROMPT_VERSION,
         window_chars: int = 24_000,
         overlap_chars: int = 1_500,
         max_splits: int = 4,
         max_chunk_words: int = 1_500,
     ) -> None:
+        if version not in PROMPT_VERSIONS:
+            raise ValueError(f"unknown prompt version {version!r}")
         self.markdown = markdown
         self.template = template
+        self.version = version
         self.max_splits = max_splits
         self.max_chunk_words = max_chunk_words
         self.windows = chapter_windows(
@@ -124,9 +151,29 @@ class ChunkingPlan:
         """The first request of each window, in the markdown's order."""
         return [self._request(window, 0) for window in self.windows]
 
+    @property
+    def answer_schema(self) -> dict:
+        """The JSON schema the model is asked to answer in."""
+        return boundary_schema() if self.version == "v2" else chunk_schema()
+
     def _request(self, window: Window, depth: int) -> WindowRequest:
-        text = self.markdown[window.start : window.end]
-        return WindowRequest(window, build_prompt(self.template, text), depth)
+        if self.version == "v1":
+            text = self.markdown[window.start : window.end]
+            return WindowRequest(window, build_prompt(self.template, text), depth)
+        numbered = numbered_blocks(self.markdown, window)
+        return WindowRequest(window, build_prompt(self.template, numbered.text), depth, numbered)
+
+    def _anchors(self, request: WindowRequest, text: str | None, finish_reason: str | None):
+        """(anchors, refused, items) of an answer; MalformedAnswer when it has none."""
+        if request.blocks is None:
+            parsed = parse_answer(text, finish_reason)
+            anchored, refused = anchor_chunks(self.markdown, request.window, parsed)
+            nothing = "no chunk text of the answer is in the source"
+        else:
+            parsed = parse_boundaries(text, finish_reason)
+            anchored, refused = anchor_boundaries(request.blocks, request.window, parsed)
+            nothing = "no chunk of the answer starts at a block of the text, in order"
+        return anchored, refused, len(parsed), nothing
 
     def judge(self, request: WindowRequest, answer: Mapping[str, Any]) -> Verdict:
         """What the answer ({"text", "finish_reason"}) to the request means."""
@@ -136,11 +183,10 @@ class ChunkingPlan:
             return Refused(SafetyBlocked(message))
         refused = items = 0
         try:
-            parsed = parse_answer(answer.get("text"), finish_reason)
-            items = len(parsed)
-            anchored, refused = anchor_chunks(self.markdown, request.window, parsed)
+            text = answer.get("text")
+            anchored, refused, items, nothing = self._anchors(request, text, finish_reason)
             if not anchored:  # e.g. a model that followed instructions inside the book
-                raise MalformedAnswer("unanchored", "no chunk text of the answer is in the source")
+                raise MalformedAnswer("unanchored", nothing)
         except MalformedAnswer as problem:
             window = request.window
             if request.depth >= self.max_splits or window.end - window.start < _MIN_SPLIT_CHARS:
@@ -162,28 +208,59 @@ class ChunkingPlan:
         return assemble_chunks(self.markdown, list(anchors), max_words=self.max_chunk_words)
 
 
+@dataclass
+class _Asked:
+    """A request of the plan, and what became of it: its anchors, or its halves'."""
+
+    request: WindowRequest
+    anchors: tuple[AnchoredChunk, ...] = ()
+    halves: list[_Asked] = field(default_factory=list)
+
+    def in_text_order(self) -> Iterator[AnchoredChunk]:
+        yield from self.anchors
+        for half in self.halves:
+            yield from half.in_text_order()
+
+
 def chunk_with_model(
-    plan: ChunkingPlan, ask: Callable[[WindowRequest], Mapping[str, Any]]
+    plan: ChunkingPlan,
+    ask: Callable[[WindowRequest], Mapping[str, Any]],
+    *,
+    max_concurrent: int = 1,
 ) -> list[tuple[TextChunk, dict]]:
-    """Run the plan one request after another: `ask` sends a request and returns its answer.
-    A window asked again in halves takes its halves' place, so anchors stay in text order."""
-
-    def resolve(request: WindowRequest) -> Iterator[AnchoredChunk]:
-        verdict = plan.judge(request, ask(request))
-        if not isinstance(verdict, Refused) and verdict.refused:
-            logger.warning(
-                f"chunking {request.chapter!r}: {verdict.refused} of {verdict.items} chunk texts "
-                "of the answer are not in the source and were refused"
-            )
-        if isinstance(verdict, Refused):
-            raise verdict.error
-        if isinstance(verdict, AskAgain):
-            for half in verdict.halves:
-                yield from resolve(half)
-            return
-        yield from verdict.anchors
-
-    return plan.assemble(anchor for request in plan.requests() for anchor in resolve(request))
+    """Run the plan: `ask` sends one request and returns its answer, on up to
+    `max_concurrent` requests at once. Each answer is judged as it arrives; a window asked
+    again in halves takes its halves' place, so the anchors are put together in text order and
+    the chunks are the same whatever order the answers came in. A refusal stops the plan: no
+    new request starts, those in flight finish (their answers are kept by `ask`), then the
+    refusal is raised."""
+    roots = [_Asked(request) for request in plan.requests()]
+    with BoundedRequests[_Asked](max_concurrent, name="chunking") as requests:
+        for asked in roots:
+            requests.submit(asked, ask, asked.request)
+        for asked, answer in requests.completed():
+            verdict = plan.judge(asked.request, answer)
+            if not isinstance(verdict, Refused) and verdict.refused:
+                what = (
+                    "chunk texts of the answer are not in the source"
+                    if plan.version == "v1"
+                    else "chunks of the answer start at no block of the text, in order,"
+                )
+                logger.warning(
+                    f"chunking {asked.request.chapter!r}: {verdict.refused} of {verdict.items} "
+                    f"{what} and were refused"
+                )
+            if isinstance(verdict, Refused):
+                requests.fail(verdict.error)
+            elif isinstance(verdict, AskAgain):
+                asked.halves = [_Asked(half) for half in verdict.halves]
+                # Ahead of the other windows, first half first: a window that stays unusable
+                # is given up after max_splits requests, not after a round of every window.
+                for half in reversed(asked.halves):
+                    requests.submit(half, ask, half.request, ahead=True)
+            else:
+                asked.anchors = verdict.anchors
+    return plan.assemble(anchor for asked in roots for anchor in asked.in_text_order())
 
 
 # --- assembly -------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ from doc_pipeline.core.model_text import (
     answer_json,
     build_prompt,
 )
+from doc_pipeline.core.models import generation_settings
+from doc_pipeline.core.parallel import BoundedRequests
 
 CONNECTION_TYPE = "thematic_bridge"
 PROVIDER = "gemini"
@@ -71,8 +73,9 @@ class BridgeConfig:
     importance_weight: float = 0.15
     min_strength: float = 0.5  # edges below the AI's strength are dropped
     max_text_chars: int = 1_500  # of each passage sent, cut at a word boundary
-    max_output_tokens: int = 16_384  # generous: Gemini 2.5 thinking counts against it
-    temperature: float = 0.0
+    max_output_tokens: int = 16_384  # generous: thinking counts against it
+    thinking: str = "low"  # of the judging model (see core/models.py)
+    temperature: float = 0.0  # only for model families that take one
     max_explanation_chars: int = 600
     max_bridge_concepts: int = 5
     max_concept_chars: int = 100
@@ -352,7 +355,7 @@ def build_requests(
                 "response_mime_type": "application/json",
                 "response_json_schema": judgement_schema(len(batch)),
                 "max_output_tokens": config.max_output_tokens,
-                "temperature": config.temperature,
+                **generation_settings(model, config.thinking, config.temperature),
             },
         }
         requests.append(BridgeRequest(AIRequest(PROVIDER, model, PROMPT_VERSION, payload), batch))
@@ -452,22 +455,34 @@ def judge_all(
     requests: Sequence[BridgeRequest],
     ask: Callable[[int, BridgeRequest], Mapping[str, Any]],
     config: BridgeConfig | None = None,
+    *,
+    max_concurrent: int = 1,
 ) -> JudgedBridges:
     """The edges of every request's answer; `ask(number, request)` sends request `number`
-    (from 1) and returns its answer ({"text", "finish_reason"}). An unusable answer (blocked,
-    truncated, not of the schema) leaves its pairs out and is reported."""
-    edges, unusable = [], []
-    for number, bridge in enumerate(requests, start=1):
-        answer = ask(number, bridge)
-        finish_reason = answer.get("finish_reason")
-        try:
-            if finish_reason in BLOCKED_FINISH_REASONS:
-                raise MalformedJudgements("blocked", f"the model refused ({finish_reason})")
-            edges.extend(
-                parse_judgements(
-                    answer.get("text"), bridge.pairs, config, finish_reason=finish_reason
-                )
-            )
-        except MalformedJudgements as problem:
-            unusable.append(f"request {number}: {problem}")
+    (from 1) and returns its answer ({"text", "finish_reason"}), up to `max_concurrent` at
+    once. An unusable answer (blocked, truncated, not of the schema) leaves its pairs out and
+    is reported; edges and reports are in request order, whatever order the answers came in."""
+    judged: dict[int, tuple[list[Edge], str | None]] = {}
+    with BoundedRequests[int](max_concurrent, name="bridges") as pending:
+        for number, bridge in enumerate(requests, start=1):
+            pending.submit(number, ask, number, bridge)
+        for number, answer in pending.completed():
+            judged[number] = _judged(answer, requests[number - 1], number, config)
+    edges = [edge for number in sorted(judged) for edge in judged[number][0]]
+    unusable = [judged[n][1] for n in sorted(judged) if judged[n][1] is not None]
     return JudgedBridges(edges, unusable)
+
+
+def _judged(
+    answer: Mapping[str, Any], bridge: BridgeRequest, number: int, config: BridgeConfig | None
+) -> tuple[list[Edge], str | None]:
+    finish_reason = answer.get("finish_reason")
+    try:
+        if finish_reason in BLOCKED_FINISH_REASONS:
+            raise MalformedJudgements("blocked", f"the model refused ({finish_reason})")
+        edges = parse_judgements(
+            answer.get("text"), bridge.pairs, config, finish_reason=finish_reason
+        )
+    except MalformedJudgements as problem:
+        return [], f"request {number}: {problem}"
+    return edges, None

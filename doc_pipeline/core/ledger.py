@@ -59,6 +59,7 @@ class AIAnswer:
     response: Any
     usage: Usage
     cost_usd: Decimal
+    model_version: str | None = None  # as the API reports it (`modelVersion`)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ worker waits for the answer instead of paying again; a lease whose holder died i
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,6 +146,7 @@ class Ledger:
             "thinking_tokens": answer.usage.thinking_tokens,
             "cost_usd": answer.cost_usd,
             "latency_ms": latency_ms,
+            "model_version": answer.model_version,
             "completed_at": sa.func.now(),
         }
         with self.engine.begin() as conn:
@@ -172,6 +174,7 @@ class Ledger:
                 usage=answer.usage,
                 cost_usd=answer.cost_usd,
                 latency_ms=latency_ms,
+                model_version=answer.model_version,
             )
         return LedgerResult(
             response=answer.response,
@@ -206,7 +209,13 @@ class Ledger:
         usage = Usage(done.prompt_tokens, done.output_tokens, done.thinking_tokens)
         with self.engine.begin() as conn:
             self._insert_call(
-                conn, request, done.key, context, outcome="hit", saved_usd=done.cost_usd
+                conn,
+                request,
+                done.key,
+                context,
+                outcome="hit",
+                saved_usd=done.cost_usd,
+                model_version=done.model_version,
             )
         return LedgerResult(
             response=done.response,
@@ -229,6 +238,7 @@ class Ledger:
         saved_usd: Decimal | int = 0,
         latency_ms: int | None = None,
         error: str | None = None,
+        model_version: str | None = None,
     ) -> None:
         usage = usage or Usage()
         conn.execute(
@@ -244,6 +254,7 @@ class Ledger:
                 saved_usd=saved_usd,
                 latency_ms=latency_ms,
                 error=error,
+                model_version=model_version,
                 **context,
             )
         )
@@ -251,17 +262,20 @@ class Ledger:
 
 @dataclass
 class LedgerScope:
-    """The ledger as one stage of one document uses it: attributes calls and tallies them."""
+    """The ledger as one stage of one document uses it: attributes calls and tallies them.
+    Safe to call from the threads of concurrent requests."""
 
     ledger: Ledger
     document_id: str | None
     stage: str
     run_id: str | None = None
     tally: LedgerTally = field(default_factory=LedgerTally)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def call(self, request: AIRequest, fetch: Callable[[], AIAnswer]) -> LedgerResult:
         result = self.ledger.call(
             request, fetch, document_id=self.document_id, stage=self.stage, run_id=self.run_id
         )
-        self.tally.add(result)
+        with self._lock:
+            self.tally.add(result)
         return result

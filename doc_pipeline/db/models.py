@@ -140,6 +140,8 @@ class AIResponse(Base):
     provider: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(128))
     prompt_version: Mapped[str] = mapped_column(String(64))
+    # The model version the API says answered (e.g. another model a retired one routes to).
+    model_version: Mapped[str | None] = mapped_column(String(128))
     state: Mapped[str] = mapped_column(String(8))
     lease_owner: Mapped[str | None] = mapped_column(Text)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -168,6 +170,7 @@ class AICall(Base):
     stage: Mapped[str | None] = mapped_column(String(32))
     run_id: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(8))
+    model_version: Mapped[str | None] = mapped_column(String(128))
     prompt_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     output_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     thinking_tokens: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -26,7 +26,9 @@ from doc_pipeline.db.models import AICall, Chunk, Connection, Document, Embeddin
 
 @cache
 def engine_for(url: str) -> Engine:
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    # Room for a step's concurrent AI requests (each takes a connection briefly for the
+    # ledger), its heartbeat and its own writes, without waiting for one another.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=14)
 
 
 @dataclass(frozen=True)
@@ -492,6 +494,7 @@ def _empty_costs() -> dict[str, Any]:
         "cost_usd": Decimal(0),
         "saved_usd": Decimal(0),
         "models": [],
+        "model_versions": [],
         "first_call_at": None,
         "last_call_at": None,
     }
@@ -520,6 +523,10 @@ def cost_breakdown(
         sa.func.coalesce(sa.func.sum(AICall.cost_usd), 0).label("cost_usd"),
         sa.func.coalesce(sa.func.sum(AICall.saved_usd), 0).label("saved_usd"),
         sa.func.array_agg(sa.distinct(AICall.model)).label("models"),
+        # What the API says answered (none for embeddings, or answers stored before 0005).
+        sa.func.array_remove(sa.func.array_agg(sa.distinct(AICall.model_version)), None).label(
+            "model_versions"
+        ),
         sa.func.min(AICall.created_at).label("first_call_at"),
         sa.func.max(AICall.created_at).label("last_call_at"),
     ).group_by(*keys)
@@ -535,6 +542,7 @@ def cost_breakdown(
     by_document: dict[str | None, list[dict[str, Any]]] = {doc: [] for doc in known}
     for group in groups:
         group["models"] = sorted(group["models"])
+        group["model_versions"] = sorted(group["model_versions"])
         by_document.setdefault(group["document_id"], []).append(group)
 
     def stage_order(stage: str | None) -> tuple[int, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,11 +21,12 @@ from pydantic import PrivateAttr
 from doc_pipeline.core import ai_chunking, bridges
 from doc_pipeline.core.ai_chunking import ChunkingPlan, WindowRequest, chunk_with_model
 from doc_pipeline.core.bridges import BridgeConfig, BridgeRequest, JudgedBridges
-from doc_pipeline.core.chunk_answers import chunk_schema
 from doc_pipeline.core.chunking import TextChunk
 from doc_pipeline.core.failures import InvalidSettings
 from doc_pipeline.core.ledger import AIAnswer, AIRequest, Usage
 from doc_pipeline.core.model_text import clean_answer_text
+from doc_pipeline.core.models import Price, generation_settings, price_of
+from doc_pipeline.core.rate_limits import Limits, RateLimiter, shared_limiter
 from doc_pipeline.core.vectors import normalized_vectors
 from doc_pipeline.db.ledger_store import LedgerScope
 from doc_pipeline.resources.gemini_retries import BoundedBackoff, with_retries
@@ -41,14 +41,21 @@ class GeminiProvider(Provider):
     """Chunks each chapter with a Gemini model (structured JSON output) and embeds chunks with
     `gemini-embedding-001`. Prices are USD per million tokens."""
 
-    chunking_model: str = "gemini-2.5-flash"
-    bridge_model: str = "gemini-2.5-flash"  # judges thematic bridges between documents
+    # Flash-Lite: the cheap current fit (gemini-2.5-flash was retired on 2026-12-01).
+    chunking_model: str = "gemini-3.5-flash-lite"
+    bridge_model: str = "gemini-3.5-flash-lite"  # judges thematic bridges between documents
     embedding_model_name: str = "gemini-embedding-001"
     dimensions: int = 768
     document_type: str = "non-fiction"
+    # v2: the model names the block each chunk starts with; v1: it copies each chunk's text.
+    prompt_version: str = ai_chunking.DEFAULT_PROMPT_VERSION
     window_chars: int = 24_000
     window_overlap_chars: int = 1_500
     max_output_tokens: int = 65_536
+    # Thinking of the chunking model (billed as output, and it delays the first token):
+    # minimal, low, medium, high, or model_default (send no thinking setting).
+    chunking_thinking: str = "minimal"
+    temperature: float = 0.0  # only for model families that take one (not Gemini 3)
     max_chunk_words: int = 1_500
     max_splits: int = 4  # how often an unusable answer's text may be halved and asked again
     # Client-side timeouts: an API that never answers would otherwise hang the step forever.
@@ -57,9 +64,16 @@ class GeminiProvider(Provider):
     max_attempts: int = 6
     initial_backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
-    price_input_per_million: float = 0.30
-    price_output_per_million: float = 2.50
-    price_embedding_per_million: float = 0.15
+    # Rate limits per model, shared by all concurrent requests of a worker (Tier 1 of the
+    # Gemini API; yours are in AI Studio). An embedding batch counts one request per text.
+    requests_per_minute: float = 1_000
+    tokens_per_minute: float = 1_000_000
+    embedding_requests_per_minute: float = 3_000
+    embedding_tokens_per_minute: float = 1_000_000
+    # USD per million tokens; None: the model's list price (doc_pipeline/core/models.py).
+    price_input_per_million: float | None = None  # of the chunking and bridge models
+    price_output_per_million: float | None = None
+    price_embedding_per_million: float | None = None
     # Gemini embeddings of related passages sit well above unrelated ones (about 0.5).
     connection_min_similarity: float = 0.70
 
@@ -85,6 +99,13 @@ class GeminiProvider(Provider):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._check_retry_settings()
+        ai_chunking.load_prompt(self.document_type, self.prompt_version)  # known, or refused
+        for model in (self.chunking_model, self.bridge_model):  # known prices, or refused
+            self._price(model)
+        self._embedding_price()
+        generation_settings(self.chunking_model, self.chunking_thinking, self.temperature)
+        Limits(self.requests_per_minute, self.tokens_per_minute)
+        Limits(self.embedding_requests_per_minute, self.embedding_tokens_per_minute)
         # Keep a reference: a client that is garbage collected closes its connections. No SDK
         # retries: the SDK does not retry dropped connections, so `_with_retries` does it all.
         self._client = genai.Client(
@@ -100,7 +121,15 @@ class GeminiProvider(Provider):
         if not 0 <= self.initial_backoff_seconds <= self.max_backoff_seconds:
             raise InvalidSettings("need 0 <= initial_backoff_seconds <= max_backoff_seconds")
 
-    def _with_retries(self, call: Callable[[], T], what: str, timeout_seconds: float) -> T:
+    def _with_retries(
+        self,
+        call: Callable[[], T],
+        what: str,
+        timeout_seconds: float,
+        limiter: RateLimiter,
+        tokens: int,
+        requests: int = 1,
+    ) -> T:
         return with_retries(
             call,
             what,
@@ -108,7 +137,17 @@ class GeminiProvider(Provider):
             max_attempts=self.max_attempts,
             backoff=BoundedBackoff(self.initial_backoff_seconds, self.max_backoff_seconds),
             redacted=self._redacted,
+            limiter=limiter,
+            tokens=tokens,
+            requests=requests,
         )
+
+    def _generation_limiter(self, model: str) -> RateLimiter:
+        return shared_limiter(model, Limits(self.requests_per_minute, self.tokens_per_minute))
+
+    def _embedding_limiter(self) -> RateLimiter:
+        limits = Limits(self.embedding_requests_per_minute, self.embedding_tokens_per_minute)
+        return shared_limiter(self.embedding_model_name, limits)
 
     def _redacted(self, text: str) -> str:
         """The text without the API key (an error could echo a request URL or header)."""
@@ -130,26 +169,33 @@ class GeminiProvider(Provider):
     def chunk(self, markdown: str, scope: LedgerScope) -> list[tuple[TextChunk, dict]]:
         plan = ChunkingPlan(
             markdown,
-            ai_chunking.load_prompt(self.document_type),
+            ai_chunking.load_prompt(self.document_type, self.prompt_version),
+            version=self.prompt_version,
             window_chars=self.window_chars,
             overlap_chars=self.window_overlap_chars,
             max_splits=self.max_splits,
             max_chunk_words=self.max_chunk_words,
         )
-        return chunk_with_model(plan, lambda request: self._ask_chunking(request, scope))
-
-    def _ask_chunking(self, request: WindowRequest, scope: LedgerScope) -> Mapping[str, Any]:
-        """One chunking request through the ledger; its answer as the ledger keeps it."""
         config = {
             "response_mime_type": "application/json",
-            "response_json_schema": chunk_schema(),
+            "response_json_schema": plan.answer_schema,
             "max_output_tokens": self.max_output_tokens,
-            "temperature": 0.0,
+            **generation_settings(self.chunking_model, self.chunking_thinking, self.temperature),
         }
+        return chunk_with_model(
+            plan,
+            lambda request: self._ask_chunking(request, config, scope),
+            max_concurrent=self.max_concurrent_requests,
+        )
+
+    def _ask_chunking(
+        self, request: WindowRequest, config: dict[str, Any], scope: LedgerScope
+    ) -> Mapping[str, Any]:
+        """One chunking request through the ledger; its answer as the ledger keeps it."""
         ai_request = AIRequest(
             PROVIDER,
             self.chunking_model,
-            f"{ai_chunking.PROMPT_VERSION}/{self.document_type}",
+            ai_chunking.prompt_version_key(self.prompt_version, self.document_type),
             {"prompt": request.prompt, "config": config},
         )
         result = scope.call(
@@ -158,6 +204,8 @@ class GeminiProvider(Provider):
                 lambda: self._generate(request.prompt, config),
                 f"chunking {request.chapter!r}",
                 self.request_timeout_seconds,
+                self._generation_limiter(self.chunking_model),
+                estimate_tokens(request.prompt),
             ),
         )
         return result.response
@@ -181,11 +229,15 @@ class GeminiProvider(Provider):
                     ),
                     f"judging bridge candidates ({number} of {len(requests)})",
                     self.request_timeout_seconds,
+                    self._generation_limiter(self.bridge_model),
+                    estimate_tokens(payload["prompt"] + payload["config"]["system_instruction"]),
                 ),
             )
             return result.response
 
-        return bridges.judge_all(requests, ask, config)
+        return bridges.judge_all(
+            requests, ask, config, max_concurrent=self.max_concurrent_requests
+        )
 
     def _generate(self, prompt: str, config: dict[str, Any], model: str | None = None) -> AIAnswer:
         response = self.client.models.generate_content(
@@ -211,18 +263,19 @@ class GeminiProvider(Provider):
         # Untrusted: without NUL characters and unpaired surrogates, which the ledger's JSON
         # column refuses (a paid answer that cannot be stored would be paid again).
         text = clean_answer_text(text)
+        model = model or self.chunking_model
         return AIAnswer(
-            {"text": text, "finish_reason": finish_reason}, usage, self._generation_cost(usage)
+            {"text": text, "finish_reason": finish_reason},
+            usage,
+            self._price(model).cost(usage),
+            model_version=response.model_version,
         )
 
-    def _generation_cost(self, usage: Usage) -> Decimal:
-        # Thinking tokens are billed as output tokens.
-        output = usage.output_tokens + usage.thinking_tokens
-        cost = (
-            usage.prompt_tokens * self.price_input_per_million
-            + output * self.price_output_per_million
-        ) / 1_000_000
-        return Decimal(str(round(cost, 6)))
+    def _price(self, model: str) -> Price:
+        return price_of(model, self.price_input_per_million, self.price_output_per_million)
+
+    def _embedding_price(self) -> Price:
+        return price_of(self.embedding_model_name, self.price_embedding_per_million, None)
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -237,6 +290,9 @@ class GeminiProvider(Provider):
                 lambda: self._embed(texts),
                 f"embedding {len(texts)} chunks",
                 self.embed_timeout_seconds,
+                self._embedding_limiter(),
+                embedding_tokens(texts),
+                requests=len(texts),
             ),
         )
         # Below 3072 dimensions the model's vectors are not normalized.
@@ -253,14 +309,18 @@ class GeminiProvider(Provider):
             ),
         )
         vectors = [[round(v, 7) for v in embedding.values] for embedding in response.embeddings]
-        # The Gemini API reports no usage for embeddings: estimate about 4 characters a token.
-        tokens = sum(len(text) for text in texts) // 4 + len(texts)
-        cost = Decimal(str(round(tokens * self.price_embedding_per_million / 1_000_000, 6)))
-        return AIAnswer(
-            {"vectors": vectors},
-            Usage(prompt_tokens=tokens),
-            cost,
-        )
+        usage = Usage(prompt_tokens=embedding_tokens(texts))
+        return AIAnswer({"vectors": vectors}, usage, self._embedding_price().cost(usage))
+
+
+def estimate_tokens(text: str) -> int:
+    """About what the API counts for a text: one token per four characters."""
+    return len(text) // 4 + 1
+
+
+def embedding_tokens(texts: list[str]) -> int:
+    # The Gemini API reports no usage for embeddings: estimated the same way.
+    return sum(len(text) for text in texts) // 4 + len(texts)
 
 
 def _milliseconds(seconds: float) -> int:

@@ -19,6 +19,7 @@ class LocalProvider(Provider):
     # Lexical vectors of different books: median cosine about 0.07, top 1% above 0.16 (measured
     # on the samples); 0.15 keeps the closest passages only.
     connection_min_similarity: float = 0.15
+    max_concurrent_requests: int = 1  # no network to wait on: nothing to overlap
 
     @property
     def name(self) -> str:

@@ -23,6 +23,9 @@ class Provider(ConfigurableResource):
     # How much a target chunk's importance (from the AI chunker) adds to a connection's strength.
     connection_importance_weight: float = 0.2
     embedding_batch_size: int = 100
+    # AI requests of one step in flight at once (chunking windows, embedding batches, bridge
+    # judgements); each answer is committed to the ledger as it arrives.
+    max_concurrent_requests: int = 8
 
     @property
     def name(self) -> str:

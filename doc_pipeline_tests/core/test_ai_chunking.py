@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from doc_pipeline.core.ai_chunking import (
     DOCUMENT_TYPES,
-    PROMPT_VERSION,
     SafetyBlocked,
     assemble_chunks,
     load_prompt,
+    prompt_version_key,
 )
 from doc_pipeline.core.chunk_answers import (
     AnchoredChunk,
@@ -184,7 +184,7 @@ def test_split_window_halves_at_a_paragraph_near_the_middle():
 
 @pytest.mark.parametrize("document_type", DOCUMENT_TYPES)
 def test_every_prompt_loads_and_wraps_the_text(document_type):
-    template = load_prompt(document_type)
+    template = load_prompt(document_type, "v1")
     assert template.count("{text_block}") == 1 and len(template.splitlines()) <= 60
     assert "VERBATIM" in template and "ignore" in template
     prompt = build_prompt(template, "Some book text.\n\nMore.")
@@ -197,7 +197,7 @@ def test_every_prompt_loads_and_wraps_the_text(document_type):
 def test_unknown_document_type():
     with pytest.raises(ValueError, match="fiction"):
         load_prompt("poetry")
-    assert PROMPT_VERSION == "chunking-v1"
+    assert prompt_version_key("v1", "fiction") == "chunking-v1/fiction"  # the ledger's keys
 
 
 @given(st.lists(st.sampled_from(["<", ">", "TEXT", "T", "\n", " ", "a"]), max_size=30).map("".join))
@@ -531,7 +531,7 @@ def test_realistic_run_on_flatland():
     windows = chapter_windows(md)
     _check_windows(md, windows, 24_000)
     assert any(a.start < b.end for b, a in pairwise(windows))  # overlaps
-    template = load_prompt("fiction")
+    template = load_prompt("fiction", "v1")
     anchored = []
     for window in windows:
         prompt = build_prompt(template, md[window.start : window.end])

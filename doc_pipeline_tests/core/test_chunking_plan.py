@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from doc_pipeline.core.ai_chunking import (
     Accepted,
     AskAgain,
@@ -35,15 +37,20 @@ def _window_text(request: WindowRequest) -> str:
 
 
 def _copy_answer(request: WindowRequest) -> dict:
-    """What an obedient model answers: each paragraph of the window as a chunk."""
-    paragraphs = [p for p in _window_text(request).split("\n\n") if p.strip()]
-    chunks = [{"content": p, **META} for p in paragraphs]
+    """What an obedient model answers: each paragraph of the window as a chunk (v1: copied;
+    v2: by the number of its first block, every other block)."""
+    if request.blocks is not None:
+        numbers = range(1, request.blocks.count + 1, 2)
+        chunks = [{"first_block": number, **META} for number in numbers]
+    else:
+        paragraphs = [p for p in _window_text(request).split("\n\n") if p.strip()]
+        chunks = [{"content": p, **META} for p in paragraphs]
     return {"text": json.dumps({"chunks": chunks}), "finish_reason": "STOP"}
 
 
 def test_one_request_per_chapter_in_text_order():
     markdown = _book(3, 40)
-    plan = ChunkingPlan(markdown, TEMPLATE, window_chars=4_000, overlap_chars=200)
+    plan = ChunkingPlan(markdown, TEMPLATE, version="v1", window_chars=4_000, overlap_chars=200)
     requests = plan.requests()
     assert [r.window for r in requests] == plan.windows and len(requests) == 3
     assert all(r.depth == 0 and r.prompt.startswith("Chunk this book.") for r in requests)
@@ -53,7 +60,7 @@ def test_one_request_per_chapter_in_text_order():
 
 def test_an_answer_is_accepted_with_its_refused_texts_counted():
     markdown = _book(1, 6)
-    plan = ChunkingPlan(markdown, TEMPLATE)
+    plan = ChunkingPlan(markdown, TEMPLATE, version="v1")
     (request,) = plan.requests()
     answer = json.loads(_copy_answer(request)["text"])
     answer["chunks"].append({"content": "Text the book never had, invented.", **META})
@@ -85,9 +92,10 @@ def test_a_blocked_answer_refuses_the_document_naming_the_chapter():
     assert "'Chapter 2'" in str(verdict.error) and "SAFETY" in str(verdict.error)
 
 
-def test_driving_the_plan_asks_each_request_once_and_keeps_text_order():
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_driving_the_plan_asks_each_request_once_and_keeps_text_order(version):
     markdown = _book(2, 40)
-    plan = ChunkingPlan(markdown, TEMPLATE, window_chars=2_500, overlap_chars=100)
+    plan = ChunkingPlan(markdown, TEMPLATE, version=version, window_chars=2_500, overlap_chars=100)
     asked: list[WindowRequest] = []
 
     def ask(request: WindowRequest) -> dict:
@@ -97,9 +105,61 @@ def test_driving_the_plan_asks_each_request_once_and_keeps_text_order():
         return _copy_answer(request)
 
     chunks = chunk_with_model(plan, ask)
-    assert [r.depth for r in asked[:3]] == [0, 1, 1]
-    assert len(asked) == len(plan.windows) + 2
+    assert sorted(r.depth for r in asked) == [0] * len(plan.windows) + [1, 1]
     assert [c.index for c, _ in chunks] == list(range(len(chunks)))
     starts = [c.start for c, _ in chunks]
     assert starts == sorted(starts) and chunks[0][0].start == 0
     assert " ".join(c.content for c, _ in chunks).split() == markdown.split()  # every word once
+
+
+def test_v2_prompts_number_the_blocks_and_answers_point_at_them():
+    markdown = "## One\n\nFirst paragraph here.\n\n- an item\n- another item\n\nLast words.\n"
+    plan = ChunkingPlan(markdown, TEMPLATE)
+    (request,) = plan.requests()
+    assert _window_text(request) == (
+        "[B1] ## One\n\n[B2] First paragraph here.\n\n[B3] - an item\n[B4] - another item"
+        "\n\n[B5] Last words.\n"
+    )
+    assert [markdown[start:].split("\n")[0] for start in request.blocks.starts] == [
+        "## One",
+        "First paragraph here.",
+        "- an item",
+        "- another item",
+        "Last words.",
+    ]
+    answer = {"chunks": [{"first_block": n, **META} for n in (1, 3, 3, 9, 2, 5, True, 4.0)]}
+    verdict = plan.judge(request, {"text": json.dumps(answer), "finish_reason": "STOP"})
+    assert isinstance(verdict, Accepted)
+    # 3 again, 9 (out of range), 2 and 4.0 (not after 5), True (not a number) are refused.
+    assert [markdown[a.start : a.end] for a in verdict.anchors] == [
+        markdown[: markdown.index("- an item")],
+        markdown[markdown.index("- an item") : markdown.index("Last")],
+        markdown[markdown.index("Last") :],
+    ]
+    assert (verdict.items, verdict.refused) == (8, 5)
+    assert verdict.anchors[0].metadata == {
+        **META,
+        "concepts": [],
+        "emotional_polarity": None,
+        "primary_emotion": None,
+        "emotional_intensity": None,
+    }
+
+
+def test_a_v2_answer_without_a_usable_block_number_is_asked_again():
+    plan = ChunkingPlan(_book(1, 60), TEMPLATE)
+    (request,) = plan.requests()
+    answer = {"chunks": [{"first_block": 0, **META}, {"first_block": "1", **META}]}
+    verdict = plan.judge(request, {"text": json.dumps(answer), "finish_reason": "STOP"})
+    assert isinstance(verdict, AskAgain) and verdict.problem.reason == "unanchored"
+    assert verdict.halves[0].blocks.starts[0] == request.window.start
+
+
+def test_a_v1_answer_with_no_text_of_the_window_is_asked_again():
+    plan = ChunkingPlan(_book(1, 60), TEMPLATE, version="v1")
+    (request,) = plan.requests()
+    answer = {"chunks": [{"content": "DROP TABLE documents; nothing of the book.", **META}]}
+    verdict = plan.judge(request, {"text": json.dumps(answer), "finish_reason": "STOP"})
+    assert isinstance(verdict, AskAgain) and verdict.problem.reason == "unanchored"
+    assert str(verdict.problem) == "unanchored: no chunk text of the answer is in the source"
+    assert (verdict.items, verdict.refused) == (1, 1)

@@ -8,7 +8,9 @@ Routes (`{v}` is `v1`, the SDK 3.6 default, `v1beta` or `v1alpha`):
   POST /{v}/models/{model}:batchEmbedContents | :embedContent  (embedding models only)
   POST /upload/{v}/files                      resumable upload (start, then upload/finalize)
   GET  /{v}/files, GET|DELETE /{v}/files/{id}
-  GET|DELETE /_fake/requests, GET|POST|DELETE /_fake/faults, GET /_fake/health  (no key)
+  GET|DELETE /_fake/requests   the request log and in-flight counts (DELETE: log and peaks)
+  GET|POST|DELETE /_fake/faults, GET|POST|DELETE /_fake/latency, GET /_fake/health
+  (the /_fake/ control routes need no key, and are neither logged nor counted in flight)
 
 Answers are deterministic (see gemini_content): the text to chunk goes between `<<<TEXT` and
 `TEXT>>>` in the user prompt. Faults (`add_fault`, `POST /_fake/faults`) match an API method
@@ -17,7 +19,23 @@ name (`generateContent`, `batchEmbedContents`, `embedContent`, `countTokens`, `u
 A request the client gave up on before its answer (it timed out during a delay or a hang) is
 logged with status None and `client_gone`: it was never answered.
 
+Latency (gemini_timing.Latency; `FakeGemini(latency=...)`, `set_latency`, `POST /_fake/latency`
+with its fields as JSON, `--latency`): a generateContent answer (streamed too, as its one event)
+is computed, then held `first_token_seconds + output tokens / output_tokens_per_second`, output
+tokens being its usageMetadata candidates + thoughts; an embedding request is held
+`embedding_seconds` per request, whatever its batch size. Errors are not held; a fault's delay
+comes on top. The default holds nothing. Each held request waits in its own thread, so held
+requests overlap like real ones.
+
+In flight: an API request (not a control route or unknown URL) counts from when it is read
+until its answer goes to the socket or is dropped. `in_flight()`, `peak_in_flight(method)` (the
+peak since `clear_requests()`) and `GET /_fake/requests` ("in_flight" per method, and
+"peak_in_flight" per method with "*" for all methods together) say how many overlapped; each
+log entry has `started` and `finished` (time.monotonic() seconds), `in_flight_at_start`
+(requests of its method in flight, itself included) and, when held, `latency_seconds`.
+
 Run standalone: python -m doc_pipeline_tests.fakes.gemini --port 8765 [--host H] [--log FILE]
+  [--latency SECONDS[,TOKENS_PER_SECOND]] [--embedding-latency SECONDS]
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 from urllib.parse import urlencode
 
 from doc_pipeline_tests.fakes import gemini_api as api
@@ -48,6 +67,7 @@ from doc_pipeline_tests.fakes.gemini_http import (
     route,
     sse,
 )
+from doc_pipeline_tests.fakes.gemini_timing import TOTAL, InFlight, Latency, parse_latency
 
 
 @dataclass
@@ -69,6 +89,7 @@ class Fault:
     hang: bool = False  # never answer: wait until the client gives up (or the server stops)
     compromised: str | None = None  # one of api.COMPROMISED: answers like a hijacked model
     extra_fields: dict | None = None  # added to every item of a compromised answer
+    retry_delay_seconds: float = 1.0  # a 429's RetryInfo.retryDelay
 
     def __post_init__(self) -> None:
         if self.method not in FAULT_METHODS:
@@ -95,7 +116,13 @@ class Fault:
         )
 
     def describe(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, False, 0)}
+        """The rule's fields that differ from their defaults (its method always)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k == "method" or (v != defaults[k] and v not in (None, False, 0))
+        }
 
 
 class FakeGemini:
@@ -108,9 +135,11 @@ class FakeGemini:
         log_path: str | None = None,
         *,
         file_reader: FileReader | None = None,
+        latency: Latency | None = None,
     ) -> None:
         """`file_reader(data, mime)` may supply the text of uploaded files (e.g. a PDF text
-        extractor); by default UTF-8 files read as themselves, others as a fixed text."""
+        extractor); by default UTF-8 files read as themselves, others as a fixed text.
+        `latency` holds answers as long as the real API takes (default: not at all)."""
         self.host, self.port = host, port
         self.log_path = Path(log_path) if log_path else None
         self.files = FileStore(file_reader)
@@ -119,6 +148,8 @@ class FakeGemini:
         self._faults: list[Fault] = []
         # Marked texts of earlier requests: what a compromised answer leaks (other documents).
         self._chunked_texts: list[str] = []
+        self._latency = latency or Latency()
+        self._in_flight = InFlight()
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -134,9 +165,38 @@ class FakeGemini:
             return [dict(r) for r in self._requests]
 
     def clear_requests(self) -> None:
+        """Also restarts the in-flight peaks, so that each phase of a test has its own."""
         with self._lock:
             self._requests.clear()
             self._chunked_texts.clear()
+            self._in_flight.reset_peak()
+
+    @overload
+    def in_flight(self) -> dict[str, int]: ...
+
+    @overload
+    def in_flight(self, method: str) -> int: ...
+
+    def in_flight(self, method: str | None = None) -> dict[str, int] | int:
+        """Requests being handled now: per API method, or of one method ("*": all)."""
+        return self._in_flight.now() if method is None else self._in_flight.count(method)
+
+    def peak_in_flight(self, method: str | None = None) -> int:
+        """The most requests of `method` (None: of all methods together) handled at the same
+        time since the last `clear_requests()`."""
+        return self._in_flight.peak(method or TOTAL)
+
+    @property
+    def latency(self) -> Latency:
+        return self._latency
+
+    def set_latency(self, latency: Latency | None = None, /, **fields: float | None) -> Latency:
+        """Applies to every answer computed from now on; `set_latency(first_token_seconds=1)`
+        builds a new Latency from the fields given, `set_latency()` holds nothing."""
+        if latency is not None and fields:
+            raise TypeError("pass a Latency or its fields, not both")
+        self._latency = latency if latency is not None else Latency(**fields)
+        return self._latency
 
     def add_fault(
         self,
@@ -155,12 +215,14 @@ class FakeGemini:
         hang: bool = False,
         compromised: str | None = None,
         extra_fields: dict | None = None,
+        retry_delay_seconds: float = 1.0,
     ) -> Fault:
         """Adds a rule for the next `times` matching requests (None: forever) once `after`
         matching requests went by; rules are tried in the order added and the first match
         applies. `compromised` answers generateContent like a hijacked model (see
         gemini_content.compromised_answer): "mixed" keeps the source's text with hostile
-        metadata and adds invented chunks, "invented" has no text of the source at all."""
+        metadata and adds invented chunks, "invented" has no text of the source at all.
+        A 429 tells the client to retry after `retry_delay_seconds` (RetryInfo)."""
         fault = Fault(
             method,
             times,
@@ -176,6 +238,7 @@ class FakeGemini:
             hang,
             compromised,
             extra_fields,
+            retry_delay_seconds,
         )
         with self._lock:
             self._faults.append(fault)
@@ -225,6 +288,7 @@ class FakeGemini:
         try:
             route(call)
             entry.update(api_method=call.method, api_version=call.version, model=call.model)
+            entry.update(in_flight_at_start=self._in_flight.begin(call.method))
             self._authorize(call, entry)
             fault = self._take_fault(call)
             reply = self._faulted(call, fault) or self._call(call, fault, entry)
@@ -232,13 +296,32 @@ class FakeGemini:
             reply = Reply(exc.code, exc.body())
             if call.method.startswith("upload"):  # the SDK retries uploads without this
                 reply.headers["X-Goog-Upload-Status"] = "final"
-        if fault is not None and (fault.delay_seconds or fault.hang) and call.client_gone():
+        except BaseException:
+            self._finish(entry)  # a bug of the fake: the request is not in flight any more
+            raise
+        waited = fault is not None and (fault.delay_seconds or fault.hang)
+        if (waited or entry.get("latency_seconds")) and call.client_gone():
             reply = Reply(drop=True)  # nobody is left to read the answer: never answered
             entry.update(client_gone=True)
         entry.update(status=None if reply.drop else reply.status)
         entry.update(fault=fault.describe() if fault else None)
+        self._finish(entry)
         self._record(entry)
         return reply
+
+    def _finish(self, entry: dict) -> None:
+        """Ends the request's time in flight: its answer goes to the socket now, or nowhere."""
+        entry["finished"] = time.monotonic()
+        if "in_flight_at_start" in entry:
+            self._in_flight.end(entry["api_method"])
+
+    def _hold(self, call: Call, entry: dict, seconds: float) -> bool:
+        """Holds a computed answer as long as the latency model says; False if the client
+        left meanwhile (then nobody gets it)."""
+        if seconds <= 0:
+            return True
+        entry["latency_seconds"] = seconds
+        return _wait(call, seconds)
 
     def _entry(self, call: Call) -> dict:
         query = {k: v for k, v in call.query.items() if k != "key"}  # never log the key
@@ -250,6 +333,7 @@ class FakeGemini:
         stamp = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
         return {
             "time": stamp,
+            "started": time.monotonic(),
             "http_method": call.http_method,
             "path": path,
             "body_sha256": body_hash,
@@ -292,7 +376,7 @@ class FakeGemini:
         if fault.drop_connection:
             return Reply(drop=True)
         if fault.status:
-            raise fault_error(fault.status, call.model)
+            raise fault_error(fault.status, call.model, fault.retry_delay_seconds)
         return None
 
     def _call(self, call: Call, fault: Fault | None, entry: dict) -> Reply:
@@ -309,6 +393,9 @@ class FakeGemini:
                 output_tokens=usage["candidatesTokenCount"],
                 thoughts_tokens=usage.get("thoughtsTokenCount", 0),
             )
+            output = entry["output_tokens"] + entry["thoughts_tokens"]
+            if not self._hold(call, entry, self._latency.generate_seconds(output)):
+                return Reply(drop=True)
             if call.method == "streamGenerateContent":
                 return sse(body)
             return Reply(body=body)
@@ -316,6 +403,8 @@ class FakeGemini:
             embed = api.batch_embed if call.method == "batchEmbedContents" else api.embed_one
             body, tokens = embed(call.json(), call.model, call.version)
             entry.update(prompt_tokens=tokens, output_tokens=0)
+            if not self._hold(call, entry, self._latency.embedding_seconds):
+                return Reply(drop=True)
             return Reply(body=body)
         if call.method == "countTokens":
             body = api.count_tokens(call.json(), self.files)
@@ -367,10 +456,12 @@ class FakeGemini:
             if route == ("GET", "/_fake/health"):
                 return Reply(body={"ok": True})
             if route == ("GET", "/_fake/requests"):
-                return Reply(body={"requests": self.requests})
+                return Reply(body=self._requests_report())
             if route == ("DELETE", "/_fake/requests"):
                 self.clear_requests()
                 return Reply(body={})
+            if route[1] == "/_fake/latency" and route[0] in ("GET", "POST", "DELETE"):
+                return Reply(body={"latency": self._latency_route(call).describe()})
             if route == ("POST", "/_fake/faults"):
                 for rule in _fault_rules(call.raw):
                     self.add_fault(**rule)
@@ -383,6 +474,20 @@ class FakeGemini:
             return Reply(400, ApiError(400, str(exc)).body())
         except ApiError as exc:
             return Reply(exc.code, exc.body())
+
+    def _requests_report(self) -> dict:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight(),
+            "peak_in_flight": self._in_flight.peaks(),
+        }
+
+    def _latency_route(self, call: Call) -> Latency:
+        if call.http_method == "POST":
+            return self.set_latency(Latency.from_json(json.loads(call.raw or b"{}")))
+        if call.http_method == "DELETE":
+            return self.set_latency()
+        return self.latency
 
 
 def _wait(call: Call, seconds: float | None) -> bool:
@@ -409,10 +514,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--log", help="append every request as a JSON line to this file")
+    parser.add_argument(
+        "--latency",
+        type=parse_latency,
+        metavar="SECONDS[,TOKENS_PER_SECOND]",
+        help="take as long as the real API: hold each generateContent answer SECONDS (time "
+        "to first token) plus its output tokens (candidates + thoughts) / TOKENS_PER_SECOND, "
+        "e.g. 1.5,180 (default: no latency)",
+    )
+    parser.add_argument(
+        "--embedding-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="hold each embedding request SECONDS, whatever its batch size (default: 0)",
+    )
     args = parser.parse_args(argv)
+    first, rate = args.latency or (0.0, None)
+    try:
+        latency = Latency(first, rate, args.embedding_latency)
+    except ValueError as exc:
+        parser.error(str(exc))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    with FakeGemini(args.host, args.port, args.log) as fake:
+    with FakeGemini(args.host, args.port, args.log, latency=latency) as fake:
         print(fake.base_url, flush=True)
         print(f"export GOOGLE_GEMINI_BASE_URL={fake.base_url}", file=sys.stderr, flush=True)
         try:

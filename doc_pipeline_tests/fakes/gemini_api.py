@@ -81,6 +81,9 @@ def generate(body: dict, model: str, version: str, files: FileStore, shaping: Sh
     config = body.get("generationConfig") or {}
     if config.get("responseSchema") and config.get("responseJsonSchema"):
         raise ApiError(400, "response_schema must not be set when response_json_schema is set.")
+    thinking = config.get("thinkingConfig") or {}
+    if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
+        raise ApiError(400, "You can only set only one of thinking budget and thinking level.")
     prompt = read_prompt(body, files)
     if shaping.compromised:
         text = gc.compromised_answer(
@@ -121,8 +124,18 @@ def _reshape(text: str, finish: str, shaping: Shaping) -> tuple[str | None, str]
     return text, finish
 
 
+# Thoughts per prompt token at each Gemini 3 thinking level (minimal thinks next to nothing).
+_LEVEL_SHARE = {"MINIMAL": 0.0, "LOW": 1 / 40, "MEDIUM": 1 / 20, "HIGH": 1 / 10}
+
+
 def _thought_tokens(model: str, config: dict, prompt_tokens: int) -> int:
-    budget = (config.get("thinkingConfig") or {}).get("thinkingBudget", -1)
+    thinking = config.get("thinkingConfig") or {}
+    level = str(thinking.get("thinkingLevel", "")).upper()
+    if level in _LEVEL_SHARE:
+        share = _LEVEL_SHARE[level]
+        return 0 if share == 0 else 32 + int(prompt_tokens * share)
+    budget = thinking.get("thinkingBudget", -1)
+    # Flash-Lite models think little by default (Gemini 3: `minimal`), others dynamically.
     thinks = ("2.5" in model or "gemini-3" in model) and ("lite" not in model or budget > 0)
     if budget == 0 or not thinks:
         return 0

@@ -23,6 +23,7 @@ FULL_EMBEDDING_DIM = 3072
 
 _WORD = re.compile(r"[A-Za-z\u00C0-\u024F][A-Za-z\u00C0-\u024F'-]*")
 _BLANK_LINES = re.compile(r"\n[ \t\r]*\n\s*")
+_BLOCK_MARK = re.compile(r"\[B(\d+)\] ")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 _STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been
@@ -85,6 +86,24 @@ def extract_marked(prompt: str) -> str | None:
     start += len(MARK_START)
     end = prompt.find(MARK_END, start)
     return prompt[start : end if end >= 0 else len(prompt)].strip()
+
+
+def block_groups(text: str) -> list[tuple[int, str]]:
+    """For text whose blocks are numbered `[B<n>] ` (a v2 chunking prompt): consecutive blocks
+    packed greedily into groups of at most ~800 words, as (first block number, the group's
+    text without its marks). Text before the first mark belongs to block 1."""
+    marks = list(_BLOCK_MARK.finditer(text))
+    groups: list[tuple[int, list[str], int]] = []  # first block, texts, words
+    for k, found in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        block = text[found.end() : end]
+        count = len(block.split())
+        if groups and groups[-1][2] + count <= MAX_PIECE_WORDS:
+            first, texts, total = groups[-1]
+            groups[-1] = (first, [*texts, block], total + count)
+        else:
+            groups.append((int(found.group(1)), [block], count))
+    return [(first, "".join(texts)) for first, texts, _ in groups]
 
 
 def split_pieces(text: str) -> list[str]:
@@ -163,6 +182,9 @@ class SchemaFiller:
 
     def array(self, schema: dict, text: str, name: str) -> list:
         items = self.resolve(schema.get("items") or {"type": "string"})
+        if self.chunk_source is not None and self.is_boundary_item(items):
+            source, self.chunk_source = self.chunk_source, None  # fill one array only
+            return [self.boundary(items, n, text) for n, text in block_groups(source)]
         if self.chunk_source is not None and self.is_chunk_item(items):
             source, self.chunk_source = self.chunk_source, None  # fill one array only
             return [self.chunk(items, piece) for piece in split_pieces(source)]
@@ -177,6 +199,15 @@ class SchemaFiller:
     def is_chunk_item(self, items: dict) -> bool:
         content = (items.get("properties") or {}).get("content")
         return content is not None and _type_of(self.resolve(content)) == "string"
+
+    def is_boundary_item(self, items: dict) -> bool:
+        first = (items.get("properties") or {}).get("first_block")
+        return first is not None and _type_of(self.resolve(first)) == "integer"
+
+    def boundary(self, items: dict, first_block: int, text: str) -> dict:
+        item = self.object(items, text)
+        item["first_block"] = first_block
+        return item
 
     def chunk(self, items: dict, piece: str) -> dict:
         item = self.object(items, piece)
@@ -364,7 +395,10 @@ def compromised_answer(
     honest = SchemaFiller(schema, source, source).fill() if schema else {}
     chunks = honest.get("chunks") if isinstance(honest, dict) else None
     if isinstance(chunks, list):
-        invented = _invented_chunks(source, foreign, unknown)
+        boundaries = bool(chunks) and "first_block" in chunks[0]
+        invented = (_invented_boundaries if boundaries else _invented_chunks)(
+            source, foreign, unknown
+        )
         items = invented
         if mode == "mixed":
             items = [
@@ -390,6 +424,16 @@ def _invented_chunks(source: str, foreign: tuple[str, ...], unknown: dict) -> li
         {"content": text, **_BAD_METADATA[k % len(_BAD_METADATA)], **unknown}
         for k, text in enumerate(texts)
     ]
+
+
+def _invented_boundaries(source: str, foreign: tuple[str, ...], unknown: dict) -> list[dict]:
+    """Block numbers no window has, in no order, of the wrong type, and a copied text."""
+    numbers: list[Any] = [0, -3, 10**9, "2", True, 1.5, None]
+    items = [
+        {"first_block": n, **_BAD_METADATA[k % len(_BAD_METADATA)], **unknown}
+        for k, n in enumerate(numbers)
+    ]
+    return [*items, {"content": "DROP TABLE documents", **unknown}]
 
 
 def _leaked_paragraph(source: str, foreign: tuple[str, ...]) -> str | None:

@@ -70,7 +70,7 @@ class ApiError(Exception):
         return {"error": error}
 
 
-def fault_error(code: int, model: str | None) -> ApiError:
+def fault_error(code: int, model: str | None, retry_delay_seconds: float = 1.0) -> ApiError:
     """The error a status fault answers; 429 carries the quota and retry details."""
     if code != 429:
         return ApiError(code)
@@ -86,7 +86,10 @@ def fault_error(code: int, model: str | None) -> ApiError:
                 }
             ],
         },
-        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"},
+        {
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": f"{retry_delay_seconds:g}s",
+        },
     ]
     return ApiError(429, details=details)
 
@@ -192,6 +195,9 @@ class Server(ThreadingHTTPServer):
     """Tracks open connections so that stopping also ends idle keep-alive ones."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of a burst of concurrent clients,
+    # which then retry after a second: a delay the real API does not have.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], dispatch: Callable[[Call], Reply]) -> None:
         super().__init__(address, Handler)
