@@ -2,7 +2,8 @@
 
 All AI requests go to the local fake Gemini server (doc_pipeline_tests.fakes.FakeGemini), so the
 token counts are realistic estimates (about one token per four characters; the fake answers a
-chunking request by echoing the text as JSON chunks) priced at the GeminiProvider list prices.
+v2 chunking request with block numbers and metadata, as the model is asked to) priced at the
+list prices of the GeminiProvider's default models.
 
 1. Clean run: each book of the corpus is ingested (`python -m doc_pipeline ingest --json`, the
    gemini provider, one call per book so the fake's requests can be told apart) in one fresh
@@ -13,7 +14,7 @@ chunking request by echoing the text as JSON chunks) priced at the GeminiProvide
    ingest run again to completion. Printed: what was paid before the crash, what the retry
    paid, the clean cost, the ratio (before + retry) / clean (1.00: nothing paid twice; the old
    system, which re-paid everything on a retry, would show 1 + before / clean) and the requests
-   paid twice (fake requests whose body was answered before), at most the one in flight.
+   paid twice (fake requests whose body was answered before), at most those in flight.
    A delay fault on the stage's AI method keeps the kill inside the stage; 'connecting' lasts
    milliseconds, so the bench holds a lock on `connections` until the step waits on it.
 
