@@ -1,5 +1,6 @@
-"""Run the EPUB reader on untrusted files in a child process with a memory cap and a time
-limit, so a hang or a memory blow-up fails a test instead of taking the test run down.
+"""Run the book reader (EPUB or PDF, as the pipeline chooses) on untrusted files in a child
+process with a memory cap and a time limit, so a hang or a memory blow-up fails a test
+instead of taking the test run down.
 
 `python -m doc_pipeline_tests.bounded_reader MEMORY_BYTES` reads a JSON list of paths on
 stdin and prints one JSON line per book: the outcome, the seconds it took and the child's
@@ -48,12 +49,13 @@ def read_one(path: Path) -> dict:
     """Convert one untrusted book and say how it went: {"outcome": "book" (with words,
     warnings, markup_errors, leaked_passwd) | "invalid" (with error) | "crash" (with error and
     traceback), "seconds", "peak_rss_bytes"}. Never raises for what the book does."""
-    from doc_pipeline.core.epub import InvalidBookError, epub_to_markdown
+    from doc_pipeline.core.books import InvalidBookError
+    from doc_pipeline.core.extraction import extract_book
 
     started = time.perf_counter()
     result: dict = {"path": str(path)}
     try:
-        book = epub_to_markdown(path)
+        book = extract_book(path, path.name)
     except InvalidBookError as error:
         result.update(outcome="invalid", error=str(error))
     except MemoryError:
@@ -73,8 +75,18 @@ def read_one(path: Path) -> dict:
             leaked_passwd=any(PASSWD_LINE.search(text) for text in (book.markdown, *book.warnings)),
         )
     result["seconds"] = round(time.perf_counter() - started, 3)
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = peak_rss_bytes()
     return result
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS since it started its program. Not getrusage's ru_maxrss:
+    Linux carries that over fork and exec, so a child of a big test worker would report the
+    worker's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main() -> None:

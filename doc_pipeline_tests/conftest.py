@@ -20,6 +20,7 @@ from doc_pipeline.settings import Settings
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CORPUS = PROJECT_ROOT.parent / "shared" / "corpus"
 GOOD_BOOKS = sorted((CORPUS / "epub").glob("*.epub"))
+GOOD_PDFS = sorted((CORPUS / "pdf").glob("*.pdf"))
 MALFORMED_BOOKS = sorted((CORPUS / "malformed").glob("*.epub"))
 
 

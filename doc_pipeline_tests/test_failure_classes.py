@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from doc_pipeline.core.epub import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.failures import INVALID_INPUT, PERMANENT, TRANSIENT
 from doc_pipeline.db import store
 from doc_pipeline.db.failures import classify, describe

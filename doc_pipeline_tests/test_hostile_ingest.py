@@ -1,7 +1,8 @@
-"""End to end: `doc-pipeline ingest` of every hostile and malformed file next to a good book, as
-a user runs it in a shell. Each bad file ends as README's table says, a rejected one after one
-run, and is reported in one line with no stack trace; the good book is neither lost nor
-blocked. A backfill of the rejected files reports them the same way."""
+"""End to end: `doc-pipeline ingest` of every hostile and malformed file (EPUB and PDF) next to
+a good EPUB and a good PDF, as a user runs it in a shell. Each bad file ends as README's table
+says, a rejected one after one run, and is reported in one line with no stack trace; the good
+books are neither lost nor blocked. A backfill of the rejected files reports them the same
+way."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from doc_pipeline.instance import open_instance
 from doc_pipeline.resources.local_provider import LocalProvider
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, MALFORMED_BOOKS, create_database, use_home
-from doc_pipeline_tests.core.test_hostile_epubs import HOSTILE, OUTCOMES
+from doc_pipeline_tests.core import test_hostile_epubs, test_hostile_pdfs
 from doc_pipeline_tests.processes import run_cli
 
 FLATLAND = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
 RABBIT = CORPUS / "epub" / "pg14838-peter-rabbit.epub3.epub"  # only in the bug test
+ALICE = CORPUS / "pdf" / "pg11-alice-in-wonderland.pdf"  # a good PDF beside the good EPUB
+OUTCOMES = {**test_hostile_epubs.OUTCOMES, **test_hostile_pdfs.OUTCOMES}
 INGESTED = sorted(OUTCOMES)
 # What the user reads for each malformed file (corpus/malformed/README.md).
 MALFORMED = {
@@ -46,7 +49,17 @@ def ingested(postgres_server, tmp_path_factory):
         env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
         env["DOC_PIPELINE_PROVIDER"] = "local"
         before = set(Path("/tmp").glob("pwned*"))
-        files = [FLATLAND, *(HOSTILE / name for name in INGESTED), *MALFORMED_BOOKS]
+        made = tmp_path_factory.mktemp("made-pdfs")
+        for name, make in test_hostile_pdfs.MADE.items():
+            make(made / name)
+        hostile = [
+            folder / name
+            for folder in (test_hostile_epubs.HOSTILE, test_hostile_pdfs.HOSTILE, made)
+            for name in INGESTED
+            if (folder / name).is_file()
+        ]
+        assert len(hostile) == len(INGESTED)
+        files = [FLATLAND, ALICE, *hostile, *MALFORMED_BOOKS]
         result = run_cli(env, "ingest", *files, timeout=600)
         assert set(Path("/tmp").glob("pwned*")) == before
         engine = store.engine_for(database_url)
@@ -62,12 +75,13 @@ def ingested(postgres_server, tmp_path_factory):
         engine.dispose()
 
 
-def test_the_good_book_is_neither_lost_nor_blocked(ingested):
+def test_the_good_books_are_neither_lost_nor_blocked(ingested):
     _, _, result, outcomes = ingested
     assert result.returncode == 1  # the rejected files make the exit status non-zero
-    flatland = outcomes[FLATLAND.name]
-    assert flatland["stage"] == "connected" and flatland["chunks"] > 0
-    assert flatland["warnings"] == []
+    for book in (FLATLAND, ALICE):
+        outcome = outcomes[book.name]
+        assert outcome["stage"] == "connected" and outcome["chunks"] > 0
+        assert outcome["warnings"] == []
 
 
 @pytest.mark.parametrize("name", INGESTED)

@@ -16,10 +16,17 @@ from doc_pipeline.cli import app
 from doc_pipeline.core.chunking import count_words
 from doc_pipeline.db import store
 from doc_pipeline.ingest import document_job
-from doc_pipeline_tests.conftest import GOOD_BOOKS, MALFORMED_BOOKS, create_database, use_home
+from doc_pipeline_tests.conftest import (
+    GOOD_BOOKS,
+    GOOD_PDFS,
+    MALFORMED_BOOKS,
+    create_database,
+    use_home,
+)
 from doc_pipeline_tests.wordcount import body_words, words
 
 MAX_WORDS = 1200
+BOOKS = [*GOOD_BOOKS, *GOOD_PDFS]  # every format, in one library
 
 # Chapter headings (from each book's table of contents) that must survive into the markdown.
 EXPECTED_HEADINGS = {
@@ -30,6 +37,7 @@ EXPECTED_HEADINGS = {
     "se-abbott-flatland.epub3.epub": ["Part I", "Concerning the Inhabitants of Flatland"],
     "se-keynes-economic-consequences-of-the-peace.epub3.epub": ["Introductory", "The Treaty"],
     "pg14838-peter-rabbit.epub3.epub": ["THE TALE OF PETER RABBIT"],
+    "pg11-alice-in-wonderland.pdf": ["CHAPTER I. Down the Rabbit-Hole", "Alice’s Evidence"],
 }
 
 
@@ -71,7 +79,7 @@ def ingested(postgres_server, tmp_path_factory):
         pipeline = Pipeline(
             tmp_path_factory.mktemp("home"), create_database(postgres_server), monkeypatch
         )
-        result, outcomes = pipeline.ingest(*GOOD_BOOKS, *MALFORMED_BOOKS)
+        result, outcomes = pipeline.ingest(*BOOKS, *MALFORMED_BOOKS)
         yield pipeline, result, outcomes
         pipeline.engine.dispose()
 
@@ -79,11 +87,11 @@ def ingested(postgres_server, tmp_path_factory):
 def test_every_good_book_ingests_and_broken_ones_fail_alone(ingested):
     _, result, outcomes = ingested
     assert result.exit_code == 1, "a failed document must make the exit status non-zero"
-    for book in GOOD_BOOKS:
+    for book in BOOKS:
         outcome = outcomes[book.name]
         assert outcome["stage"] == "connected", outcome
         assert outcome["chunks"] > 0 and outcome["error_message"] is None
-    assert sum(outcomes[b.name]["connections"] for b in GOOD_BOOKS) > 0
+    assert sum(outcomes[b.name]["connections"] for b in BOOKS) > 0
 
 
 @pytest.mark.parametrize(
@@ -103,7 +111,7 @@ def test_broken_file_fails_with_a_message_naming_file_and_cause(ingested, book, 
     assert document["stage"] == "failed" and document["error_message"] == outcome["error_message"]
 
 
-@pytest.mark.parametrize("book", GOOD_BOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("book", BOOKS, ids=lambda p: p.name)
 def test_chapter_headings_survive_into_the_markdown(ingested, book):
     pipeline, _, outcomes = ingested
     markdown = pipeline.markdown(outcomes[book.name]["document_id"])
@@ -112,7 +120,7 @@ def test_chapter_headings_survive_into_the_markdown(ingested, book):
         assert any(expected.lower() in heading.lower() for heading in headings), expected
 
 
-@pytest.mark.parametrize("book", GOOD_BOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("book", BOOKS, ids=lambda p: p.name)
 def test_chunks_keep_the_body_words_within_size_bounds(ingested, book):
     pipeline, _, outcomes = ingested
     chunks = store.load_chunks(pipeline.engine, outcomes[book.name]["document_id"])
@@ -134,7 +142,7 @@ def test_runs_are_in_the_persistent_dagster_instance(ingested):
     with DagsterInstance.get() as instance:
         runs = instance.get_runs(RunsFilter(tags={"doc_pipeline/source": "cli"}))
         partitions = set(instance.get_dynamic_partitions("documents"))
-    outcome = outcomes[GOOD_BOOKS[0].name]
+    outcome = outcomes[BOOKS[0].name]
     assert outcome["document_id"] in partitions
     assert set(outcome["run_ids"]) <= {run.run_id for run in runs}
     assert (pipeline.home / "dagster" / "dagster.yaml").exists()
@@ -151,7 +159,7 @@ def test_runs_are_in_the_persistent_dagster_instance(ingested):
 
 def test_status_and_export(ingested):
     pipeline, _, outcomes = ingested
-    document_id = outcomes[GOOD_BOOKS[0].name]["document_id"]
+    document_id = outcomes[BOOKS[0].name]["document_id"]
     status = pipeline.cli("status", document_id[:8], "--json")
     assert status.exit_code == 0
     row = json.loads(status.stdout)
@@ -169,9 +177,33 @@ def test_status_and_export(ingested):
     assert pipeline.cli("status", "zzzz").exit_code == 2
 
 
+@pytest.mark.parametrize("pdf", GOOD_PDFS, ids=lambda p: p.name)
+def test_a_pdf_connects_to_the_epubs_and_its_chunks_know_their_pages(ingested, pdf):
+    pipeline, _, outcomes = ingested
+    document_id = outcomes[pdf.name]["document_id"]
+    epubs = [outcomes[book.name]["document_id"] for book in GOOD_BOOKS]
+    with pipeline.engine.connect() as conn:
+        across = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM connections c"
+                " JOIN chunks s ON s.id = c.source_chunk_id"
+                " JOIN chunks t ON t.id = c.target_chunk_id"
+                " WHERE (s.document_id = :pdf AND t.document_id = ANY(:epubs))"
+                " OR (t.document_id = :pdf AND s.document_id = ANY(:epubs))"
+            ),
+            {"pdf": document_id, "epubs": epubs},
+        ).scalar_one()
+    assert across > 0
+    exported = pipeline.cli("export", document_id).stdout.splitlines()
+    exported = [json.loads(line) for line in exported]
+    spans = [(c["metadata"]["page_start"], c["metadata"]["page_end"]) for c in exported]
+    assert all(1 <= start <= end for start, end in spans)
+    assert spans == sorted(spans) and spans[-1][1] > spans[0][0]
+
+
 def test_a_downstream_asset_alone_loads_its_inputs(ingested):
     pipeline, _, outcomes = ingested
-    document_id = outcomes[GOOD_BOOKS[0].name]["document_id"]
+    document_id = outcomes[BOOKS[0].name]["document_id"]
     before = pipeline.snapshot()
     with DagsterInstance.get() as instance:
         result = execute_job(
@@ -193,7 +225,7 @@ def test_a_downstream_asset_alone_loads_its_inputs(ingested):
 
 def test_long_steps_leave_ended_heartbeats(ingested):
     pipeline, _, outcomes = ingested
-    run_ids = outcomes[GOOD_BOOKS[0].name]["run_ids"]
+    run_ids = outcomes[BOOKS[0].name]["run_ids"]
     with pipeline.engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT step_key, ended_at FROM heartbeats WHERE run_id = ANY(:runs)"),
@@ -212,9 +244,9 @@ def test_a_second_ingest_changes_nothing(ingested):
     """Runs last in this module: everything is ingested again, and no row is rewritten."""
     pipeline, _, first = ingested
     before = pipeline.snapshot()
-    result, second = pipeline.ingest(*GOOD_BOOKS)
+    result, second = pipeline.ingest(*BOOKS)
     assert result.exit_code == 0
-    for book in GOOD_BOOKS:
+    for book in BOOKS:
         assert second[book.name]["document_id"] == first[book.name]["document_id"]
         assert second[book.name]["chunks"] == first[book.name]["chunks"]
         assert second[book.name]["stage"] == "connected"

@@ -1,5 +1,6 @@
-"""Dropping books into `uploads/` with `doc-pipeline ui` running is all a user does: each book
-ends connected, and a file that is not a book fails once, as invalid input, with the reason.
+"""Dropping books (EPUB or PDF) into `uploads/` with `doc-pipeline ui` running is all a user
+does: each book ends connected (a PDF's chunks with their pages), a file still being copied is
+left alone, and a file that is not a book fails once, as invalid input, with the reason.
 
 Also the asynchronous connections: each book's upload run stops at embeddings and exactly one
 run started by the `connections_automation` sensor connects it; the two books' connections show
@@ -20,7 +21,7 @@ from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group
 
 BOOKS = [
     CORPUS / "epub" / "se-abbott-flatland.epub3.epub",
-    CORPUS / "epub" / "pg1661-sherlock-holmes.epub2.epub",
+    CORPUS / "pdf" / "pg11-alice-in-wonderland.pdf",  # a PDF is a book like any other
 ]
 
 
@@ -39,6 +40,7 @@ def test_books_dropped_into_uploads_end_connected(postgres_server, tmp_path, mon
         for book in BOOKS:
             shutil.copy(book, uploads / book.name)
         (uploads / "holiday-photos.epub").write_bytes(b"\x89PNG not a book at all")
+        (uploads / "alice.pdf.part").write_bytes(BOOKS[1].read_bytes()[:5000])  # still copying
 
         def settled():
             documents = store.document_summaries(engine)
@@ -58,6 +60,9 @@ def test_books_dropped_into_uploads_end_connected(postgres_server, tmp_path, mon
     junk = by_file["holiday-photos.epub"]
     assert junk["error_class"] == "invalid_input" and "holiday-photos.epub" in junk["error_message"]
     assert all(by_file[book.name]["connections"] > 0 for book in BOOKS)
+    assert "alice.pdf.part" not in by_file
+    pdf_chunks = store.load_chunks(engine, by_file[BOOKS[1].name]["id"])
+    assert all(c["metadata"]["page_start"] <= c["metadata"]["page_end"] for c in pdf_chunks)
     with open_instance(settings) as instance:
         runs = instance.get_runs()
     per_document = {}

@@ -1,6 +1,7 @@
-"""Word extraction for coverage tests, independent of doc_pipeline.core.epub.
+"""Word extraction for coverage tests, independent of doc_pipeline.core.epub and .pdf.
 
-`body_words(path)` reads an EPUB with zipfile + lxml only (spine order, Project Gutenberg
+`body_words(path)` reads a PDF with pdfminer.six (another reader than the pipeline's pdfium),
+and an EPUB with zipfile + lxml only (spine order, Project Gutenberg
 header/licence cut at the START/END markers, note-reference numbers skipped because the
 converter turns them into `[^label]` markers). `words(text)` is the tokenizer to apply to
 markdown or chunks: lowercase alphanumeric runs, ignoring markdown syntax (`#`, `*`, `|`,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import unicodedata
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -74,7 +76,12 @@ def words(text: str) -> list[str]:
 
 
 def body_words(path: Path) -> list[str]:
-    """Tokens of the book's body text in spine order, PG boilerplate excluded."""
+    """Tokens of the book's body text in reading order, PG boilerplate excluded."""
+    if path.suffix.lower() == ".pdf":
+        from pdfminer.high_level import extract_text
+
+        # NFKC: pdfminer keeps ligatures ("ﬁ") that the pipeline's reader spells out.
+        return words(_cut_gutenberg(unicodedata.normalize("NFKC", extract_text(path))))
     with zipfile.ZipFile(path) as zf:
         texts = [_document_text(zf.read(name)) for name in _spine_files(zf)]
     return words(_cut_gutenberg("\n".join(texts)))

@@ -6,8 +6,8 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 from doc_pipeline.assets import catalog, versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.chunk_rows import chunk_rows
-from doc_pipeline.core.epub import InvalidBookError
 from doc_pipeline.db import store
 from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline.partitions import documents_partitions
@@ -47,7 +47,7 @@ def chunks(
         pieces = provider.chunk(extracted_markdown["markdown"], scope)
         if not pieces:
             raise InvalidBookError(f"{extracted_markdown['title']}: no text to chunk")
-        rows = chunk_rows(document_id, pieces)
+        rows = chunk_rows(document_id, pieces, extracted_markdown.get("page_starts", ()))
         counts = store.write_chunks(engine, document_id, rows)
     sizes = [row["word_count"] for row in rows]
     context.add_output_metadata(

@@ -4,6 +4,8 @@ from pathlib import Path
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from doc_pipeline.assets import catalog, versions
+from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
+from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.chunking import count_words
 from doc_pipeline.core.markdown_stats import preview
 from doc_pipeline.db import store
@@ -18,9 +20,10 @@ from doc_pipeline.step_failures import expected_failures
 @asset(
     partitions_def=documents_partitions,
     group_name="documents",
-    kinds=catalog.kinds(),
+    kinds=catalog.kinds(ai=True),  # scanned PDF pages are transcribed by the provider's model
     owners=catalog.OWNERS,
     metadata=catalog.table_metadata("documents"),
+    pool=AI_POOL,
     code_version=versions.EXTRACTION,
 )
 def extracted_markdown(
@@ -30,9 +33,11 @@ def extracted_markdown(
     liveness: Liveness,
     provider: Provider,
 ) -> dict:
-    """The book as markdown: spine order, chapter headings, footnotes; no licence boilerplate."""
+    """The book as markdown (EPUB: spine order, chapter headings, footnotes; PDF: the text layer's
+    paragraphs and headings, and where each page begins); no licence boilerplate."""
     document_id = context.partition_key
     engine = app_database.engine
+    scope = ledger_scope(context, app_database, provider, "transcription")
     started = time.perf_counter()
     with (
         liveness.heartbeat(context, app_database),
@@ -40,7 +45,7 @@ def extracted_markdown(
         tracked_stage(engine, document_id, "extracting", "extracted"),
     ):
         book = provider.extract(
-            Path(source_document["stored_path"]), source_document["source_file"]
+            Path(source_document["stored_path"]), source_document["source_file"], scope
         )
         store.update_document_fields(
             engine,
@@ -59,9 +64,11 @@ def extracted_markdown(
             "words": MetadataValue.int(count_words(book.markdown)),
             "characters": MetadataValue.int(len(book.markdown)),
             "chapters": MetadataValue.int(book.chapter_count),
+            **({"pages": MetadataValue.int(book.pages)} if book.pages else {}),
             "warnings": MetadataValue.int(len(book.warnings)),
             "markup_errors_recovered": MetadataValue.int(book.markup_errors),
             "what was skipped": MetadataValue.md(_bullets(book.warnings) or "nothing"),
+            **ai_usage_metadata(scope),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
             "preview": MetadataValue.md(preview(book.markdown)),
         }
@@ -75,6 +82,7 @@ def extracted_markdown(
         "warnings": list(book.warnings),
         "markup_errors": book.markup_errors,
         "markdown": book.markdown,
+        "page_starts": [list(start) for start in book.page_starts],
     }
 
 

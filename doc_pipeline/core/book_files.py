@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SUPPORTED_SUFFIXES = (".epub",)
+SUPPORTED_SUFFIXES = (".epub", ".pdf")
 
 
 def stored_source_path(blob_dir: Path, document_id: str, source_file: str) -> Path:

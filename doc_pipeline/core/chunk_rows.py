@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from doc_pipeline.core.books import page_span
 from doc_pipeline.core.chunking import TextChunk
 from doc_pipeline.core.ids import chunk_ids
 
 
-def chunk_rows(document_id: str, chunks: list[tuple[TextChunk, dict]]) -> list[dict[str, Any]]:
+def chunk_rows(
+    document_id: str,
+    chunks: list[tuple[TextChunk, dict]],
+    page_starts: Sequence[Sequence[int]] = (),
+) -> list[dict[str, Any]]:
+    """The rows; a paged book's chunks also say in their metadata which pages they span
+    (`page_start`, `page_end`), so a reader can go to the page."""
     ids = chunk_ids(document_id, (chunk.content for chunk, _ in chunks))
     return [
         {
@@ -20,7 +28,14 @@ def chunk_rows(document_id: str, chunks: list[tuple[TextChunk, dict]]) -> list[d
             "word_count": chunk.word_count,
             "char_count": chunk.char_count,
             "heading_path": list(chunk.heading_path),
-            "metadata": metadata,
+            "metadata": _with_pages(metadata, page_starts, chunk),
         }
         for chunk_id, (chunk, metadata) in zip(ids, chunks, strict=True)
     ]
+
+
+def _with_pages(metadata: dict, page_starts: Sequence[Sequence[int]], chunk: TextChunk) -> dict:
+    span = page_span(page_starts, chunk.start, chunk.end)
+    if span is None:
+        return metadata
+    return {**metadata, "page_start": span[0], "page_end": span[1]}

@@ -13,7 +13,7 @@ import errno
 import re
 from collections.abc import Callable, Iterator
 
-from doc_pipeline.core.epub import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 
 TRANSIENT = "transient"  # retrying later may succeed (database or network trouble)
 PERMANENT = "permanent"  # a bug or a state that a retry will not change

@@ -481,7 +481,10 @@ def write_connections(
 
 # --- AI ledger ---------------------------------------------------------------------------
 
-AI_STAGES = ("chunks", "embeddings", "connections")  # the stages that call the AI, in order
+# The stages that call the AI, in order; every document has a costs row for each of these
+# three, and one for the transcription of scanned PDF pages when it had any.
+AI_STAGES = ("transcription", "chunks", "embeddings", "connections")
+ALWAYS_COSTED = AI_STAGES[1:]
 _TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens")
 
 
@@ -507,7 +510,7 @@ def cost_breakdown(
 
     Each row: requests paid, ledger hits, failed calls, tokens of the paid requests, USD paid,
     USD the hits saved, models, first and last call. Without `by_run` every document has a row
-    per stage of AI_STAGES, zeros where it made no calls; with it, only groups that made calls.
+    per stage of ALWAYS_COSTED, zeros where it made no calls; with it, only groups that made calls.
     Without `document_ids`: all documents, and calls of documents no longer registered."""
     paid = AICall.outcome == "paid"
     keys = [AICall.document_id, AICall.stage, *([AICall.run_id] if by_run else [])]
@@ -561,7 +564,7 @@ def cost_breakdown(
         else:
             stages = {g["stage"] for g in found}
             found += [
-                {"stage": stage, **_empty_costs()} for stage in AI_STAGES if stage not in stages
+                {"stage": stage, **_empty_costs()} for stage in ALWAYS_COSTED if stage not in stages
             ]
             found.sort(key=lambda g: stage_order(g["stage"]))
         rows += [{**head, **{k: v for k, v in g.items() if k != "document_id"}} for g in found]

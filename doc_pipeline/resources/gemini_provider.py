@@ -1,4 +1,5 @@
-"""The `gemini` provider: AI semantic chunking and embeddings through the google-genai SDK.
+"""The `gemini` provider: AI semantic chunking, embeddings and the transcription of scanned PDF
+pages through the google-genai SDK.
 
 Every request goes through the AI ledger, so a retry pays only for requests that never got an
 answer. The SDK's own environment variables keep working: `GEMINI_API_KEY` (or
@@ -8,8 +9,10 @@ The key is never part of this resource's config, so it shows in no run config or
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,12 +23,16 @@ from pydantic import PrivateAttr
 
 from doc_pipeline.core import ai_chunking, bridges
 from doc_pipeline.core.ai_chunking import ChunkingPlan, WindowRequest, chunk_with_model
+from doc_pipeline.core.books import ExtractedBook
 from doc_pipeline.core.bridges import BridgeConfig, BridgeRequest, JudgedBridges
 from doc_pipeline.core.chunking import TextChunk
+from doc_pipeline.core.extraction import extract_book
 from doc_pipeline.core.failures import InvalidSettings
 from doc_pipeline.core.ledger import AIAnswer, AIRequest, Usage
 from doc_pipeline.core.model_text import clean_answer_text
 from doc_pipeline.core.models import Price, generation_settings, price_of
+from doc_pipeline.core.pdf.transcription import PROMPT_VERSION as TRANSCRIPTION_PROMPT
+from doc_pipeline.core.pdf.transcription import PageRange, Transcriber
 from doc_pipeline.core.rate_limits import Limits, RateLimiter, shared_limiter
 from doc_pipeline.core.vectors import normalized_vectors
 from doc_pipeline.db.ledger_store import LedgerScope
@@ -34,6 +41,8 @@ from doc_pipeline.resources.provider import Provider
 
 PROVIDER = "gemini"
 EMBEDDING_TASK = "RETRIEVAL_DOCUMENT"
+# What a PDF page costs as input: Gemini counts each page as an image of 258 tokens.
+PDF_PAGE_TOKENS = 258
 T = TypeVar("T")
 
 
@@ -58,6 +67,10 @@ class GeminiProvider(Provider):
     temperature: float = 0.0  # only for model families that take one (not Gemini 3)
     max_chunk_words: int = 1_500
     max_splits: int = 4  # how often an unusable answer's text may be halved and asked again
+    # Scanned PDF pages (no text layer) are transcribed by this model, a few pages a request.
+    transcription_model: str = "gemini-3.5-flash-lite"
+    transcription_pages_per_request: int = 4
+    transcription_thinking: str = "minimal"
     # Client-side timeouts: an API that never answers would otherwise hang the step forever.
     request_timeout_seconds: float = 600.0  # generateContent (chunking, bridges)
     embed_timeout_seconds: float = 120.0  # one batch of at most 100 texts
@@ -100,7 +113,10 @@ class GeminiProvider(Provider):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._check_retry_settings()
         ai_chunking.load_prompt(self.document_type, self.prompt_version)  # known, or refused
-        for model in (self.chunking_model, self.bridge_model):  # known prices, or refused
+        if self.transcription_pages_per_request < 1:
+            raise InvalidSettings("transcription_pages_per_request must be at least 1")
+        generation_settings(self.transcription_model, self.transcription_thinking, self.temperature)
+        for model in (self.chunking_model, self.bridge_model, self.transcription_model):
             self._price(model)
         self._embedding_price()
         generation_settings(self.chunking_model, self.chunking_thinking, self.temperature)
@@ -163,6 +179,47 @@ class GeminiProvider(Provider):
         if self._client is None:
             raise RuntimeError("the Gemini client is created when a run starts")
         return self._client
+
+    # -- extraction: scanned PDF pages -------------------------------------------------------
+
+    def extract(self, path: Path, name: str, scope: LedgerScope) -> ExtractedBook:
+        transcriber = Transcriber(
+            ask=lambda pages: self._ask_transcription(pages, scope),
+            model=self.transcription_model,
+            max_concurrent=self.max_concurrent_requests,
+            pages_per_request=self.transcription_pages_per_request,
+        )
+        return extract_book(path, name, transcriber)
+
+    def _ask_transcription(self, pages: PageRange, scope: LedgerScope) -> Mapping[str, Any]:
+        """One page range through the ledger, keyed by the range's own bytes and the prompt."""
+        config = {
+            "response_mime_type": "application/json",
+            "response_json_schema": pages.schema,
+            "max_output_tokens": self.max_output_tokens,
+            **generation_settings(
+                self.transcription_model, self.transcription_thinking, self.temperature
+            ),
+        }
+        payload = {
+            "prompt": pages.prompt,
+            "config": config,
+            "pdf_sha256": hashlib.sha256(pages.pdf).hexdigest(),
+        }
+        request = AIRequest(PROVIDER, self.transcription_model, TRANSCRIPTION_PROMPT, payload)
+        pdf = types.Part.from_bytes(data=pages.pdf, mime_type="application/pdf")
+        contents = [pdf, pages.prompt]
+        result = scope.call(
+            request,
+            lambda: self._with_retries(
+                lambda: self._generate(contents, config, model=self.transcription_model),
+                f"transcribing pages {pages.first}-{pages.last}",
+                self.request_timeout_seconds,
+                self._generation_limiter(self.transcription_model),
+                estimate_tokens(pages.prompt) + PDF_PAGE_TOKENS * pages.pages,
+            ),
+        )
+        return result.response
 
     # -- chunking ---------------------------------------------------------------------------
 
@@ -239,7 +296,9 @@ class GeminiProvider(Provider):
             requests, ask, config, max_concurrent=self.max_concurrent_requests
         )
 
-    def _generate(self, prompt: str, config: dict[str, Any], model: str | None = None) -> AIAnswer:
+    def _generate(
+        self, prompt: str | list[Any], config: dict[str, Any], model: str | None = None
+    ) -> AIAnswer:
         response = self.client.models.generate_content(
             model=model or self.chunking_model,
             contents=prompt,

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from dagster import ConfigurableResource
 
+from doc_pipeline.core.books import ExtractedBook
 from doc_pipeline.core.bridges import BridgeConfig, BridgeRequest, JudgedBridges
 from doc_pipeline.core.chunking import TextChunk
-from doc_pipeline.core.epub import ExtractedBook, epub_to_markdown
+from doc_pipeline.core.extraction import extract_book
 from doc_pipeline.core.semantic import SemanticConfig
 from doc_pipeline.db.ledger_store import LedgerScope
 
@@ -44,8 +45,10 @@ class Provider(ConfigurableResource):
         """How long an AI request may take before another worker may pay for it instead."""
         return 900.0
 
-    def extract(self, path: Path, name: str) -> ExtractedBook:
-        return epub_to_markdown(path, name)
+    def extract(self, path: Path, name: str, scope: LedgerScope) -> ExtractedBook:
+        """The book's markdown; a provider with a model also transcribes scanned PDF pages
+        (through the ledger, in `scope`)."""
+        return extract_book(path, name)
 
     def chunk(self, markdown: str, scope: LedgerScope) -> list[tuple[TextChunk, dict]]:
         """Chunks that partition the markdown, each with its metadata."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from doc_pipeline.core.epub import ExtractedBook, InvalidBookError, epub_to_markdown
+from doc_pipeline.core.books import ExtractedBook, InvalidBookError
+from doc_pipeline.core.epub import epub_to_markdown
 from doc_pipeline_tests.wordcount import body_words, coverage, words
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from doc_pipeline.core.atomic_write import StorageWriteError
-from doc_pipeline.core.epub import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.failures import (
     INVALID_INPUT,
     PERMANENT,

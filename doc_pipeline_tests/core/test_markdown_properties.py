@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.chunking import ChunkingConfig, chunk_markdown, count_tokens, scan_blocks
-from doc_pipeline.core.epub import InvalidBookError, epub_to_markdown
+from doc_pipeline.core.epub import epub_to_markdown
 
 # --- generated documents ----------------------------------------------------------------------
 

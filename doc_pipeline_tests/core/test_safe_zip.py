@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from doc_pipeline.core.epub import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.epub.safe_zip import ReaderLimits, SafeZip, UnsafeMemberError
 
 

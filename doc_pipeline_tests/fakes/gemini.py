@@ -54,7 +54,7 @@ from typing import overload
 from urllib.parse import urlencode
 
 from doc_pipeline_tests.fakes import gemini_api as api
-from doc_pipeline_tests.fakes.gemini_content import canonical_hash
+from doc_pipeline_tests.fakes.gemini_content import canonical_hash, transcribe_pdf
 from doc_pipeline_tests.fakes.gemini_files import FileReader, FileStore
 from doc_pipeline_tests.fakes.gemini_http import (
     FAULT_METHODS,
@@ -387,6 +387,9 @@ class FakeGemini:
             shaping = fault.shaping(foreign) if fault else api.Shaping()
             body = api.generate(request, call.model, call.version, self.files, shaping)
             self._remember(api.marked_text(request, self.files))
+            pdfs = api.read_prompt(request, self.files).pdfs
+            if pdfs:  # a transcription: how many pages it was sent
+                entry.update(pdf_pages=sum(len(transcribe_pdf(pdf)) for pdf in pdfs))
             usage = body["usageMetadata"]
             entry.update(
                 prompt_tokens=usage["promptTokenCount"],

@@ -25,15 +25,22 @@ class Prompt:
     user_text: str
     file_text: str
     tokens: int
+    pdfs: list[bytes] = field(default_factory=list)  # attached PDFs, inline or uploaded
 
 
 def read_prompt(body: dict, files: FileStore) -> Prompt:
     """The user's text, the text of attached files, and the prompt's token count."""
-    user, attached, counted = [], [], []
+    user, attached, counted, pdfs = [], [], [], []
     system = body.get("systemInstruction") or {}
     contents = [*body.get("contents", []), {**system, "role": "system"}]
     for content in contents:
         for part in content.get("parts") or []:
+            inline = part.get("inlineData") or {}
+            if inline.get("mimeType") == "application/pdf":
+                pdfs.append(inline_bytes(inline))
+                # Gemini counts a PDF page as an image (258 tokens), whatever is on it.
+                counted.append("x" * 4 * 258 * len(gc.transcribe_pdf(pdfs[-1])))
+                continue
             text = _part_text(part, files)
             counted.append(text)
             if "text" in part and content.get("role", "user") == "user":
@@ -41,12 +48,18 @@ def read_prompt(body: dict, files: FileStore) -> Prompt:
             elif "text" not in part:
                 attached.append(text)
     tokens = sum(gc.estimate_tokens(t) for t in counted)
-    return Prompt("\n\n".join(user), "\n\n".join(attached), tokens)
+    return Prompt("\n\n".join(user), "\n\n".join(attached), tokens, pdfs)
 
 
 def marked_text(body: dict, files: FileStore) -> str | None:
     """The text between the markers of a generateContent request, if it has one."""
     return gc.extract_marked(read_prompt(body, files).user_text)
+
+
+def inline_bytes(inline: dict) -> bytes:
+    """The bytes of an inlineData part: the SDK sends them base64url-encoded (`-`, `_`), which
+    the API accepts as well as the standard alphabet."""
+    return base64.urlsafe_b64decode(inline.get("data", "").replace("+", "-").replace("/", "_"))
 
 
 def _part_text(part: dict, files: FileStore) -> str:
@@ -56,7 +69,7 @@ def _part_text(part: dict, files: FileStore) -> str:
         return files.text_of(part["fileData"].get("fileUri", ""))
     if "inlineData" in part:
         inline = part["inlineData"]
-        return files.read(base64.b64decode(inline.get("data", "")), inline.get("mimeType", ""))
+        return files.read(inline_bytes(inline), inline.get("mimeType", ""))
     return ""
 
 
@@ -105,6 +118,10 @@ def generate(body: dict, model: str, version: str, files: FileStore, shaping: Sh
 
 def _answer_text(config: dict, prompt: Prompt) -> str:
     schema = config.get("responseJsonSchema") or config.get("responseSchema")
+    if prompt.pdfs and "pages" in ((schema or {}).get("properties") or {}):
+        # A transcription: one text per page of the attached PDF, read from its pages.
+        pages = [text for pdf in prompt.pdfs for text in gc.transcribe_pdf(pdf)]
+        return json.dumps({"pages": pages}, ensure_ascii=False, indent=2)
     if schema is None and config.get("responseMimeType") != "application/json":
         return gc.plain_answer(prompt.user_text, prompt.file_text)
     value = gc.json_answer(schema, prompt.user_text, prompt.file_text)

@@ -467,3 +467,38 @@ def _vandalized(value: Any, unknown: dict) -> Any:
     if isinstance(value, str) and len(value) > 40:
         return f"{INJECTION} \x00 \ud800 " + "x" * 20_000
     return value
+
+
+# --- transcription of scanned PDF pages ------------------------------------------------------
+
+_SCAN_TEXT = (
+    "time traveller machine future century lamp dim laboratory evening guests rule experiment "
+    "dimension space motion river valley palace garden ruins people twilight darkness fire "
+    "bronze sphinx white statue hillside sunset morning crystal lever quartz brass ivory "
+    "journey return story dinner doctor editor journalist psychologist provincial mayor"
+)
+_SCAN_WORDS = tuple(_SCAN_TEXT.split())
+
+
+def transcribe_pdf(data: bytes) -> list[str]:
+    """What a model "reads" on each page of a PDF: one text per page, made from the page's
+    own bytes (its content streams and images), so the same page always reads the same and
+    another page differently. The pages are those of the PDF as sent, counted here."""
+    import io
+
+    import pypdf
+
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    texts = []
+    for page in reader.pages:
+        digest = hashlib.sha256(page.get_contents().get_data() if page.get_contents() else b"")
+        for image in page.images:
+            digest.update(image.data)
+        noise = random.Random(digest.hexdigest())
+        paragraphs = [
+            " ".join(noise.choice(_SCAN_WORDS) for _ in range(noise.randint(40, 70))).capitalize()
+            + "."
+            for _ in range(2)
+        ]
+        texts.append("\n\n".join(paragraphs))
+    return texts

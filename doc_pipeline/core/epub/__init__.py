@@ -9,20 +9,19 @@ The steps live in this package's modules: archive (ZIP container checks), packag
 package and metadata), documents (spine documents), footnotes, toc (table of contents
 headings) and rendering. They share safe_zip (bounded reads of a hostile ZIP), markup (safe
 XML parser, element helpers), hrefs (link resolution), gutenberg (Project Gutenberg
-boilerplate) and errors (InvalidBookError).
+boilerplate); the book type and its error are in core/books.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from lxml import etree
 
+from doc_pipeline.core.books import ExtractedBook, InvalidBookError
 from doc_pipeline.core.epub.archive import check_archive
 from doc_pipeline.core.epub.documents import load_documents
-from doc_pipeline.core.epub.errors import InvalidBookError
 from doc_pipeline.core.epub.footnotes import Notes
 from doc_pipeline.core.epub.markup import TOKEN
 from doc_pipeline.core.epub.package import authors, first_dc, read_package
@@ -30,21 +29,10 @@ from doc_pipeline.core.epub.rendering import render
 from doc_pipeline.core.epub.safe_zip import ReaderLimits
 from doc_pipeline.core.epub.toc import flatten_toc, toc_base_dir
 
-__all__ = ["ExtractedBook", "InvalidBookError", "ReaderLimits", "epub_to_markdown"]
+__all__ = ["ReaderLimits", "epub_to_markdown"]
 
 _HEADING_MD = re.compile(r"^#{1,6} .*$", re.M)
 _IMAGE_MD = re.compile(r"!\[(?:\\.|[^\]])*\]\([^)]*\)")
-
-
-@dataclass(frozen=True)
-class ExtractedBook:
-    title: str
-    author: str | None
-    language: str | None
-    markdown: str  # the whole book as markdown
-    chapter_count: int  # table-of-contents headings emitted (non-empty documents if no TOC)
-    warnings: tuple[str, ...]  # human-readable notes about anything skipped
-    markup_errors: int = 0  # parser errors recovered from in malformed XHTML
 
 
 def epub_to_markdown(

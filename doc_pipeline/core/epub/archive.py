@@ -9,26 +9,12 @@ from pathlib import Path
 
 from lxml import etree
 
-from doc_pipeline.core.epub.errors import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.epub.markup import xml_parser
 from doc_pipeline.core.epub.safe_zip import ReaderLimits, SafeZip
+from doc_pipeline.core.file_kinds import is_zip, looks_like
 
 _CONTAINER_NS = "{urn:oasis:names:tc:opendocument:xmlns:container}"
-
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"%PDF", "a PDF document"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF8", "a GIF image"),
-    (b"RIFF", "a RIFF (WebP/WAV/AVI) file"),
-    (b"\x1f\x8b", "a gzip file"),
-    (b"BZh", "a bzip2 file"),
-    (b"Rar!", "a RAR archive"),
-    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
-    (b"\xd0\xcf\x11\xe0", "an MS Office (OLE) document"),
-    (b"{\\rtf", "an RTF document"),
-)
-
 
 def check_archive(path: Path, name: str, warnings: list[str], limits: ReaderLimits) -> str:
     """Validate the ZIP container cheaply and return the OPF path named by container.xml."""
@@ -59,19 +45,12 @@ def check_archive(path: Path, name: str, warnings: list[str], limits: ReaderLimi
 def _not_zip_reason(head: bytes) -> str:
     if not head:
         return "not a ZIP archive (the file is empty)"
-    if head.startswith(b"PK\x03\x04"):
+    if is_zip(head):
         return "not a valid ZIP archive (truncated or corrupt: no central directory)"
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            return f"not a ZIP/EPUB archive (looks like {what})"
-    if head[60:68] == b"BOOKMOBI":
-        return "not a ZIP/EPUB archive (looks like a MOBI/AZW e-book)"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<?xml", b"<!doctype", b"<html")):
-        return "not a ZIP/EPUB archive (looks like an HTML/XML text file)"
-    if b"\x00" not in head:
-        return "not a ZIP/EPUB archive (looks like a plain text file)"
-    return "not a ZIP/EPUB archive (unrecognised binary data)"
+    what = looks_like(head)
+    if what == "unrecognised binary data":
+        return "not a ZIP/EPUB archive (unrecognised binary data)"
+    return f"not a ZIP/EPUB archive (looks like {what})"
 
 
 def _check_members(archive: SafeZip, warnings: list[str]) -> str:

@@ -11,7 +11,7 @@ import lxml.html
 from ebooklib import epub
 from lxml import etree
 
-from doc_pipeline.core.epub.errors import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.epub.gutenberg import PG_LICENCE_TITLE, drop_pg_boilerplate
 from doc_pipeline.core.epub.markup import remove, xml_parser
 from doc_pipeline.core.epub.package import Package

@@ -37,6 +37,15 @@ def drop_pg_boilerplate(body: etree._Element) -> bool:
     return bool(doomed)
 
 
+def is_pg_start(line: str) -> bool:
+    """The "*** START OF THE PROJECT GUTENBERG EBOOK …" line."""
+    return _PG_START.match(line.strip()) is not None
+
+
+def is_pg_end(line: str) -> bool:
+    return _PG_END.match(line.strip()) is not None
+
+
 def cut_gutenberg(markdown: str) -> str:
     """Drop anything before a PG START marker line and after a PG END marker line."""
     start = _PG_START.search(markdown)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ebooklib import epub
 
-from doc_pipeline.core.epub.errors import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.epub.safe_zip import ReaderLimits, SafeZip, UnsafeMemberError
 
 

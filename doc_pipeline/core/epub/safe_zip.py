@@ -12,7 +12,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 
-from doc_pipeline.core.epub.errors import InvalidBookError
+from doc_pipeline.core.books import InvalidBookError
 
 _READ_BLOCK = 1 << 16
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
