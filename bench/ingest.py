@@ -1,10 +1,20 @@
-"""Benchmark: ingest the corpus through Dagster and the embedded Postgres.
+"""Benchmark: ingest the corpus through Dagster and the embedded Postgres, and read PDFs.
 
 Prints, per stage, the seconds of the pure core work (timed directly on the same books in the
 same process) and of the Dagster steps that do it, then words/s, chunks/s and the share of wall
-time spent outside extraction, chunking and embedding (framework and database overhead).
+time spent outside extraction, chunking and embedding (framework and database overhead): for the
+EPUBs, then for the PDFs in a second ingest into the same home (so the EPUB figures mean what
+they meant before PDFs were read).
 
-    python bench/ingest.py [--corpus ../shared/corpus/epub] [--json]
+PDF extraction: for each PDF (the corpus's, and Flatland typeset at run time with running
+headers, page numbers and hyphenation by `doc_pipeline_tests.pdf_files.typeset`),
+`pdf_to_markdown` against pypdfium2's raw text extraction (every page's
+`get_textpage().get_text_range()`, no layout), in this process, best of `--repeat` each, taking
+turns so that the machine's load falls on both; also the screen (pypdf), text layer (pdfium)
+and layout of ours on their own.
+
+    python bench/ingest.py [--corpus ../shared/corpus/epub] [--pdf-corpus ../shared/corpus/pdf]
+                           [--repeat 5] [--json]
 
 Runs in a temporary home with its own embedded Postgres, stopped at the end.
 """
@@ -19,23 +29,26 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus"
 STAGES = ["source_document", "extracted_markdown", "chunks", "embeddings", "connections"]
+TYPESET_FROM = "se-abbott-flatland.epub3.epub"
 
 
 def core_seconds(books: list[Path]) -> tuple[dict[str, float], int, int]:
     """The pure work of each stage, with no Dagster and no database."""
     from doc_pipeline.core.chunking import chunk_markdown, count_words
-    from doc_pipeline.core.epub import epub_to_markdown
+    from doc_pipeline.core.extraction import extract_book
     from doc_pipeline.core.lexical_embedding import embed_texts
 
     seconds: dict[str, float] = defaultdict(float)
     words = chunks = 0
     for book in books:
         started = time.perf_counter()
-        markdown = epub_to_markdown(book).markdown
+        markdown = extract_book(book, book.name).markdown
         seconds["extracted_markdown"] += time.perf_counter() - started
         started = time.perf_counter()
         pieces = chunk_markdown(markdown)
@@ -59,46 +72,23 @@ def step_seconds(instance, run_ids: list[str]) -> dict[str, float]:
     return dict(seconds)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus" / "epub")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args()
-    books = sorted(args.corpus.glob("*.epub"))
-    if not books:
-        sys.exit(f"no .epub files in {args.corpus}")
-
-    home = Path(tempfile.mkdtemp(prefix="doc-pipeline-bench-"))
-    os.environ["DOC_PIPELINE_HOME"] = str(home)
-    os.environ.pop("DATABASE_URL", None)
-    from doc_pipeline.db.app import prepare_app_database
-    from doc_pipeline.db.server import database_urls, stop_embedded
+def ingest(settings, books: list[Path]) -> dict:
+    """Core work on `books` (the baseline), then `Ingestion.run` on them; the figures."""
     from doc_pipeline.ingest import Ingestion
     from doc_pipeline.instance import open_instance
-    from doc_pipeline.settings import Settings
 
-    settings = Settings.from_env()
-    try:
-        core, words, chunk_count = core_seconds(books)
-        database_urls(settings)  # server start is set-up, not ingest time
-        prepare_app_database(settings)
-        started = time.perf_counter()
-        outcomes = Ingestion(settings).run(books)
-        wall = time.perf_counter() - started
-        failed = [o.source_file for o in outcomes if o.failed]
-        if failed:
-            sys.exit(f"ingest failed for {failed}")
-        with open_instance(settings) as instance:
-            steps = step_seconds(instance, [r for o in outcomes for r in o.run_ids])
-    finally:
-        stop_embedded(settings.pgdata)
-
+    core, words, chunk_count = core_seconds(books)
+    started = time.perf_counter()
+    outcomes = Ingestion(settings).run(books)
+    wall = time.perf_counter() - started
+    failed = [o.source_file for o in outcomes if o.failed]
+    if failed:
+        sys.exit(f"ingest failed for {failed}")
+    with open_instance(settings) as instance:
+        steps = step_seconds(instance, [r for o in outcomes for r in o.run_ids])
     core_total = sum(core.values())
-    figures = {
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
-        "books": len(books),
+    return {
+        "books": [book.name for book in books],
         "words": words,
         "chunks": chunk_count,
         "wall_seconds": round(wall, 2),
@@ -109,18 +99,172 @@ def main() -> None:
         "core_words_per_second": round(words / core_total),
         "overhead_share": round(1 - core_total / wall, 3),
     }
-    if args.json:
-        print(json.dumps(figures, indent=2))
-        return
-    print(f"{figures['machine']}; {len(books)} books, {words:,} words, {chunk_count} chunks")
+
+
+def _best(repeat: int, works: dict[str, Callable[[], object]]) -> dict[str, tuple[float, object]]:
+    """Each work's fastest of `repeat` calls and what it returned, the works taking turns in
+    every round, so that load on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = defaultdict(list)
+    results: dict[str, object] = {}
+    for _ in range(repeat):
+        for name, work in works.items():
+            started = time.perf_counter()
+            results[name] = work()
+            times[name].append(time.perf_counter() - started)
+    return {name: (min(times[name]), results[name]) for name in works}
+
+
+def raw_pdfium_text(path: Path) -> tuple[int, str]:
+    """The baseline: pypdfium2's own text of every page, as a plain script would read it."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(path)
+    try:
+        texts = []
+        for index in range(len(document)):
+            page = document[index]
+            text_page = page.get_textpage()
+            texts.append(text_page.get_text_range())
+            text_page.close()
+            page.close()
+        return len(texts), "\n".join(texts)
+    finally:
+        document.close()
+
+
+def pdf_extraction(pdfs: list[Path], repeat: int) -> list[dict]:
+    """pdf_to_markdown against raw pdfium text, and the three parts of ours on their own."""
+    from doc_pipeline.core.chunking import count_words
+    from doc_pipeline.core.pdf import PdfLimits, pdf_to_markdown
+    from doc_pipeline.core.pdf.layout import lay_out
+    from doc_pipeline.core.pdf.screen import screen_pdf
+    from doc_pipeline.core.pdf.text_layer import read_text_layer
+
+    rows = []
+    for path in pdfs:
+        layer = read_text_layer(path, path.name)
+        timed = _best(
+            repeat,
+            {
+                "ours": lambda path=path: pdf_to_markdown(path),
+                "raw": lambda path=path: raw_pdfium_text(path),
+                "screen": lambda path=path: screen_pdf(path, path.name, PdfLimits()),
+                "text_layer": lambda path=path: read_text_layer(path, path.name),
+                "layout": lambda layer=layer: lay_out(layer.pages, layer.outline, {}),
+            },
+        )
+        (ours_s, book), (raw_s, (pages, raw_text)) = timed["ours"], timed["raw"]
+        screen_s, layer_s, layout_s = (timed[k][0] for k in ("screen", "text_layer", "layout"))
+        words = count_words(book.markdown)
+        rows.append(
+            {
+                "pdf": path.name,
+                "pages": book.pages,
+                "raw_pages": pages,
+                "words": words,
+                "raw_words": count_words(raw_text),
+                "warnings": list(book.warnings),
+                "ours_s": round(ours_s, 4),
+                "raw_s": round(raw_s, 4),
+                "pages_per_second": round(book.pages / ours_s, 1),
+                "words_per_second": round(words / ours_s),
+                "raw_pages_per_second": round(pages / raw_s, 1),
+                "ratio": round(ours_s / raw_s, 2),
+                "screen_s": round(screen_s, 4),
+                "text_layer_s": round(layer_s, 4),
+                "layout_s": round(layout_s, 4),
+            }
+        )
+    return rows
+
+
+def typeset_flatland(epub: Path, folder: Path) -> Path:
+    from doc_pipeline_tests.pdf_files import book_blocks, typeset
+
+    path = folder / "flatland-typeset.pdf"
+    typeset(path, book_blocks(epub), outline=True)
+    return path
+
+
+def _print_ingest(title: str, figures: dict) -> None:
+    books, words, chunks = len(figures["books"]), figures["words"], figures["chunks"]
+    print(f"{title}: {books} books, {words:,} words, {chunks} chunks")
     print(f"{'stage':<20}{'core s':>10}{'dagster step s':>16}")
     for stage in STAGES:
-        print(f"{stage:<20}{core.get(stage, 0.0):>10.3f}{steps.get(stage, 0.0):>16.3f}")
-    print(f"ingest wall time        {wall:.2f} s")
+        core, step = figures["core_seconds"].get(stage, 0.0), figures["step_seconds"][stage]
+        print(f"{stage:<20}{core:>10.3f}{step:>16.3f}")
+    print(f"ingest wall time        {figures['wall_seconds']:.2f} s")
     core_rate = figures["core_words_per_second"]
     print(f"words/s                 {figures['words_per_second']:,}  (core alone: {core_rate:,})")
     print(f"chunks/s                {figures['chunks_per_second']}")
     print(f"outside extract/chunk/embed: {figures['overhead_share']:.1%} of wall time")
+
+
+def _print_pdfs(rows: list[dict], repeat: int) -> None:
+    print(f"\nPDF extraction, best of {repeat}: pdf_to_markdown (ours) against raw pypdfium2 text")
+    print(
+        "| pdf | pages | words (ours / raw) | ours s | raw s | ours pages/s | ours words/s "
+        "| ours / raw | screen s | text layer s | layout s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for row in rows:
+        print(
+            f"| {row['pdf']} | {row['pages']} | {row['words']:,} / {row['raw_words']:,} | "
+            f"{row['ours_s']:.3f} | {row['raw_s']:.3f} | {row['pages_per_second']:,} | "
+            f"{row['words_per_second']:,} | {row['ratio']:.2f} | {row['screen_s']:.3f} | "
+            f"{row['text_layer_s']:.3f} | {row['layout_s']:.3f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=CORPUS / "epub")
+    parser.add_argument("--pdf-corpus", type=Path, default=CORPUS / "pdf")
+    parser.add_argument("--repeat", type=int, default=5, help="best of N for PDF extraction")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    books = sorted(args.corpus.glob("*.epub"))
+    if not books:
+        sys.exit(f"no .epub files in {args.corpus}")
+    pdfs = sorted(args.pdf_corpus.glob("*.pdf"))
+    if not pdfs:
+        sys.exit(f"no .pdf files in {args.pdf_corpus}")
+
+    home = Path(tempfile.mkdtemp(prefix="doc-pipeline-bench-"))
+    os.environ["DOC_PIPELINE_HOME"] = str(home)
+    os.environ.pop("DATABASE_URL", None)
+    from doc_pipeline.db.app import prepare_app_database
+    from doc_pipeline.db.server import database_urls, stop_embedded
+    from doc_pipeline.settings import Settings
+
+    typeset_epub = args.corpus / TYPESET_FROM
+    made = [typeset_flatland(typeset_epub, home)] if typeset_epub.is_file() else []
+    pdf_rows = pdf_extraction(pdfs + made, args.repeat)
+
+    settings = Settings.from_env()
+    try:
+        database_urls(settings)  # server start is set-up, not ingest time
+        prepare_app_database(settings)
+        epub_figures = ingest(settings, books)
+        pdf_figures = ingest(settings, pdfs)  # the corpus's PDFs, after the EPUBs
+    finally:
+        stop_embedded(settings.pgdata)
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if args.json:
+        figures = {
+            "machine": machine,
+            "epub_ingest": epub_figures,
+            "pdf_ingest": pdf_figures,
+            "pdf_extraction": pdf_rows,
+        }
+        print(json.dumps(figures, indent=2))
+        return
+    print(machine)
+    _print_ingest("EPUB ingest", epub_figures)
+    print()
+    _print_ingest("PDF ingest (after the EPUBs, same home)", pdf_figures)
+    _print_pdfs(pdf_rows, args.repeat)
 
 
 if __name__ == "__main__":

@@ -137,3 +137,20 @@ def test_a_kill_mid_transcription_is_resumed_paying_only_unanswered_ranges(
 def _no_faults_left(fake):
     yield
     fake.clear_faults()
+
+
+def test_a_range_too_large_to_send_inline_goes_through_the_files_api(pipeline, fake, tmp_path):
+    config = tmp_path / "upload-everything.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"resources": {"provider": {"config": {"transcription_inline_bytes": 1_000}}}}
+        )
+    )
+    (outcome,) = pipeline.ingest(IMAGE_ONLY, "--config", config).values()
+    assert outcome["stage"] == "connected", outcome
+    methods = [r.get("api_method") for r in fake.requests if r.get("status") == 200]
+    assert methods.count("upload") == 2 and methods.count("files.delete") == 2
+    assert sorted(r["pdf_pages"] for r in transcriptions(fake)) == [2, 4]
+    assert fake.files.files == {}  # each upload deleted once it was answered
+    markdown = pipeline.markdown(outcome["document_id"])
+    assert markdown == "\n\n".join(page_text(IMAGE_ONLY, page) for page in range(1, 7))

@@ -9,7 +9,9 @@ The key is never part of this resource's config, so it shows in no run config or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 from dagster import InitResourceContext
 from google import genai
+from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import PrivateAttr
 
@@ -71,6 +74,9 @@ class GeminiProvider(Provider):
     transcription_model: str = "gemini-3.5-flash-lite"
     transcription_pages_per_request: int = 4
     transcription_thinking: str = "minimal"
+    # A range's PDF up to this size goes inline; a larger one through the Files API (a
+    # request may carry at most 20 MB, and inline bytes grow by a third in base64).
+    transcription_inline_bytes: int = 14 << 20
     # Client-side timeouts: an API that never answers would otherwise hang the step forever.
     request_timeout_seconds: float = 600.0  # generateContent (chunking, bridges)
     embed_timeout_seconds: float = 120.0  # one batch of at most 100 texts
@@ -207,19 +213,42 @@ class GeminiProvider(Provider):
             "pdf_sha256": hashlib.sha256(pages.pdf).hexdigest(),
         }
         request = AIRequest(PROVIDER, self.transcription_model, TRANSCRIPTION_PROMPT, payload)
-        pdf = types.Part.from_bytes(data=pages.pdf, mime_type="application/pdf")
-        contents = [pdf, pages.prompt]
         result = scope.call(
             request,
-            lambda: self._with_retries(
-                lambda: self._generate(contents, config, model=self.transcription_model),
+            lambda: self._transcribe(pages, config),
+        )
+        return result.response
+
+    def _transcribe(self, pages: PageRange, config: dict[str, Any]) -> AIAnswer:
+        """Paying for one range: its PDF inline, or uploaded first when it is large (and the
+        upload deleted once answered; the ledger keeps the answer)."""
+        uploaded = None
+        if len(pages.pdf) <= self.transcription_inline_bytes:
+            pdf = types.Part.from_bytes(data=pages.pdf, mime_type="application/pdf")
+        else:
+            uploaded = self._with_retries(
+                lambda: self.client.files.upload(
+                    file=io.BytesIO(pages.pdf),
+                    config=types.UploadFileConfig(mime_type="application/pdf"),
+                ),
+                f"uploading pages {pages.first}-{pages.last}",
+                self.request_timeout_seconds,
+                self._generation_limiter(self.transcription_model),
+                tokens=0,
+            )
+            pdf = types.Part.from_uri(file_uri=uploaded.uri, mime_type="application/pdf")
+        try:
+            return self._with_retries(
+                lambda: self._generate([pdf, pages.prompt], config, model=self.transcription_model),
                 f"transcribing pages {pages.first}-{pages.last}",
                 self.request_timeout_seconds,
                 self._generation_limiter(self.transcription_model),
                 estimate_tokens(pages.prompt) + PDF_PAGE_TOKENS * pages.pages,
-            ),
-        )
-        return result.response
+            )
+        finally:
+            if uploaded is not None:
+                with contextlib.suppress(genai_errors.APIError, OSError):
+                    self.client.files.delete(name=uploaded.name)
 
     # -- chunking ---------------------------------------------------------------------------
 

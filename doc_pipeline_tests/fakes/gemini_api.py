@@ -35,11 +35,11 @@ def read_prompt(body: dict, files: FileStore) -> Prompt:
     contents = [*body.get("contents", []), {**system, "role": "system"}]
     for content in contents:
         for part in content.get("parts") or []:
-            inline = part.get("inlineData") or {}
-            if inline.get("mimeType") == "application/pdf":
-                pdfs.append(inline_bytes(inline))
+            pages = _pdf_pages(part, files)
+            if pages is not None:
+                pdfs.append(pages[0])
                 # Gemini counts a PDF page as an image (258 tokens), whatever is on it.
-                counted.append("x" * 4 * 258 * len(gc.transcribe_pdf(pdfs[-1])))
+                counted.append("x" * 4 * 258 * pages[1])
                 continue
             text = _part_text(part, files)
             counted.append(text)
@@ -54,6 +54,23 @@ def read_prompt(body: dict, files: FileStore) -> Prompt:
 def marked_text(body: dict, files: FileStore) -> str | None:
     """The text between the markers of a generateContent request, if it has one."""
     return gc.extract_marked(read_prompt(body, files).user_text)
+
+
+def _pdf_pages(part: dict, files: FileStore) -> tuple[bytes, int] | None:
+    """A PDF the part carries (inline or uploaded) and its page count; None for another part,
+    or for bytes that only claim to be a PDF (they are read as text, as before)."""
+    inline = part.get("inlineData") or {}
+    uploaded = part.get("fileData") or {}
+    if inline.get("mimeType") == "application/pdf":
+        data = inline_bytes(inline)
+    elif uploaded.get("mimeType") == "application/pdf":
+        data = files.data_of(uploaded.get("fileUri", ""))
+    else:
+        return None
+    try:
+        return data, len(gc.transcribe_pdf(data))
+    except Exception:  # noqa: BLE001 - pypdf's many errors: not a PDF to transcribe
+        return None
 
 
 def inline_bytes(inline: dict) -> bytes:

@@ -492,8 +492,9 @@ def transcribe_pdf(data: bytes) -> list[str]:
     texts = []
     for page in reader.pages:
         digest = hashlib.sha256(page.get_contents().get_data() if page.get_contents() else b"")
-        for image in page.images:
-            digest.update(image.data)
+        xobjects = (page.get("/Resources") or {}).get("/XObject") or {}
+        for name in sorted(xobjects):
+            digest.update(xobjects[name].get_object()._data)  # an image's bytes, as stored
         noise = random.Random(digest.hexdigest())
         paragraphs = [
             " ".join(noise.choice(_SCAN_WORDS) for _ in range(noise.randint(40, 70))).capitalize()

@@ -112,11 +112,17 @@ class FileStore:
         return body
 
     def text_of(self, uri: str) -> str:
+        stored = self._by_uri(uri)
+        return self.read(stored.data, stored.resource["mimeType"])
+
+    def data_of(self, uri: str) -> bytes:
+        return self._by_uri(uri).data
+
+    def _by_uri(self, uri: str) -> StoredFile:
         match = _FILE_REF.search(uri or "")
         if match is None:
             raise ApiError(400, f"Unsupported file uri: {uri}")
-        stored = self.get(match.group(1))
-        return self.read(stored.data, stored.resource["mimeType"])
+        return self.get(match.group(1))
 
     def read(self, data: bytes, mime: str) -> str:
         text = self.reader(data, mime) if self.reader else None

@@ -91,23 +91,26 @@ def _lines(text_page: pdfium.PdfTextPage, page_number: int) -> tuple[list[Line],
     text = text_page.get_text_range(0, count)
     if len(text) != count:  # characters outside the BMP: one per index instead
         text = "".join(chr(pdfium_c.FPDFText_GetUnicode(text_page.raw, i)) for i in range(count))
+    text = text.replace("\x00", " ")  # same length: indices still match pdfium's
     lines: list[Line] = []
     characters = 0
     start = 0
     for raw_line in text.split("\r\n"):
-        end = start + len(raw_line)
-        visible = [i for i in range(start, end) if not text[i].isspace() and text[i] != "\x00"]
-        characters += len(visible)
-        if visible:
-            lines.append(_line(text_page, text, visible, page_number))
-        start = end + 2
+        body = raw_line.strip()
+        if body:
+            characters += len("".join(body.split()))
+            first = start + len(raw_line) - len(raw_line.lstrip())
+            lines.append(_line(text_page, text, first, first + len(body) - 1, page_number))
+        start += len(raw_line) + 2
     return lines, characters
 
 
-def _line(text_page: pdfium.PdfTextPage, text: str, visible: list[int], page: int) -> Line:
-    first, last = visible[0], visible[-1]
+def _line(text_page: pdfium.PdfTextPage, text: str, first: int, last: int, page: int) -> Line:
     boxes = [_box(text_page, i) for i in (first, last)]
-    sampled = {first, visible[len(visible) // 2], last}
+    middle = (first + last) // 2
+    while text[middle].isspace():  # a visible glyph: a space has no weight
+        middle += 1
+    sampled = {first, middle, last}
     weights = [pdfium_c.FPDFText_GetFontWeight(text_page.raw, i) for i in sampled]
     size = pdfium_c.FPDFText_GetFontSize(text_page.raw, first)
     return Line(
@@ -127,17 +130,20 @@ def _without_spurious_spaces(
 ) -> str:
     """The line's text without the spaces pdfium made up inside letter-spaced words (a title
     set as "A l i c e"): a generated space between glyphs closer than a sixth of an em."""
-    kept = []
-    for i in range(first, last + 1):
-        char = text[i]
-        if char == "\x00":
-            continue
-        if char == " " and pdfium_c.FPDFText_IsGenerated(text_page.raw, i) == 1:
-            gap = _box(text_page, i + 1)[0] - _box(text_page, i - 1)[1]
+    dropped = []
+    space = text.find(" ", first, last + 1)
+    while space != -1:
+        if pdfium_c.FPDFText_IsGenerated(text_page.raw, space) == 1:
+            gap = _box(text_page, space + 1)[0] - _box(text_page, space - 1)[1]
             if gap < _SPURIOUS_SPACE_EM * size:
-                continue
-        kept.append(char)
-    return "".join(kept)
+                dropped.append(space)
+        space = text.find(" ", space + 1, last + 1)
+    pieces, start = [], first
+    for index in dropped:
+        pieces.append(text[start:index])
+        start = index + 1
+    pieces.append(text[start : last + 1])
+    return "".join(pieces)
 
 
 def _box(text_page: pdfium.PdfTextPage, index: int) -> tuple[float, float, float, float]:
