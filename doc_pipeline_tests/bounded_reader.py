@@ -98,3 +98,37 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def assert_outcome(
+    result: dict,
+    name: str,
+    expected: tuple[str, str],
+    *,
+    min_words: int,
+    max_seconds: float,
+    max_peak_rss: int,
+) -> None:
+    """The reader's result for a hostile file is the one documented: refused with a one-line
+    reason that names the file and says `says`, or read with a warning that says it; within
+    the time and memory bounds."""
+    outcome, says = expected
+    assert result["outcome"] == outcome, result
+    if outcome == "invalid":
+        assert result["error"].startswith(f"{name}: "), result["error"]
+        assert says in result["error"] and "\n" not in result["error"], result["error"]
+    else:
+        assert result["words"] >= min_words
+        assert any(says in warning for warning in result["warnings"]), result["warnings"]
+        assert not result["leaked_passwd"]
+    assert result["seconds"] < max_seconds
+    assert result["peak_rss_bytes"] < max_peak_rss, f"{result['peak_rss_bytes']:,} bytes"
+
+
+def assert_readme_rows(readme: str, outcomes: dict[str, tuple[str, str]]) -> None:
+    """README's table of bad inputs has one row per file, saying what the tests check."""
+    for name, (outcome, says) in outcomes.items():
+        rows = [line for line in readme.splitlines() if re.match(rf"\|\s*`{name}`", line)]
+        assert len(rows) == 1, f"README has {len(rows)} table rows for {name}"
+        assert says in rows[0], rows[0]
+        assert ("fails" if outcome == "invalid" else "processed") in rows[0], rows[0]

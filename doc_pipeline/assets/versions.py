@@ -16,7 +16,9 @@ from doc_pipeline.resources.gemini_provider import GeminiProvider
 from doc_pipeline.settings import Settings
 
 SOURCE_VERSION = "1"
-CONVERTER_VERSION = "2"  # core/epub (2: hardened reader, control characters, lost-word fixes)
+# core/epub and core/pdf (2: hardened EPUB reader, control characters, lost-word fixes; the PDF
+# reader came with no change to an EPUB's output)
+CONVERTER_VERSION = "2"
 CHUNKER_VERSION = "2"  # core/chunking, the structural chunker
 AI_CHUNKER_VERSION = "3"  # core/ai_chunking etc. (2: answer cleaning; 3: v2 block numbers)
 CONNECTIONS_VERSION = "1"  # core/semantic, core/contradiction, core/bridges
@@ -38,6 +40,14 @@ def _default(field: str) -> str:
 
 PROVIDER = Settings.provider()
 if PROVIDER == "gemini":
+    # Scanned PDF pages are transcribed by a model, with a prompt.
+    EXTRACTION = _digest(
+        "extraction",
+        "gemini",
+        CONVERTER_VERSION,
+        _default("transcription_model"),
+        _folder_digest(PROMPTS / "transcription"),
+    )
     CHUNKS = _digest(
         "chunks",
         "gemini",
@@ -57,8 +67,8 @@ if PROVIDER == "gemini":
         _folder_digest(PROMPTS / "bridges"),
     )
 else:
+    EXTRACTION = CONVERTER_VERSION
     CHUNKS = _digest("chunks", "local", CHUNKER_VERSION)
     EMBEDDINGS = _digest("embeddings", "local", LEXICAL_MODEL)
     CONNECTIONS = _digest("connections", "local", CONNECTIONS_VERSION)
 SOURCE = SOURCE_VERSION
-EXTRACTION = CONVERTER_VERSION
