@@ -2,9 +2,11 @@
 
 The AI stages are slowed down at the fake server so that the run worker is caught between two
 requests. Extracting and connecting take milliseconds, so there the run worker is held inside
-the stage by a lock this helper takes on a row or table the stage needs next; it waits there,
+the stage by a lock this helper takes on a row or table the stage writes; it waits there,
 heartbeating, until it is killed. Either way the helper checks that the worker really is inside
-the stage before it hands over the worker's pid.
+the stage before it hands over the worker's pid; at a lock, that the worker is waiting for it
+(the stage is marked when its step starts, before the AI requests that come before the write:
+connecting's bridge judgements).
 """
 
 from __future__ import annotations
@@ -35,26 +37,38 @@ def paid_bodies(fake: FakeGemini) -> list[str]:
     ]
 
 
-def requests_in_flight(fake: FakeGemini, engine: Engine, document_id: str, stage: str) -> int:
-    """The stage's AI requests the run worker has sent and not yet committed to the ledger:
-    those the fake is still handling, and those it answered that the ledger does not hold
-    yet. A kill now loses these; the retry pays them again, and no more."""
+def requests_in_flight(
+    fake: FakeGemini, engine: Engine, run_id: str, stage: str, killed_at: float
+) -> int:
+    """Once the run worker is dead: the stage's AI requests the fake had received from it
+    before `killed_at` (time.monotonic()) that the run never committed to the ledger, answered
+    or still being handled at the kill. The retry pays these again, and no more. Counted after
+    the kill, from what it froze (counted before it, the fake's log and the ledger were read at
+    different moments while the worker went on answering and committing, and the count could
+    come out short). A worker held at a lock (extracting, connecting) has committed every
+    answer it got: none."""
     if stage not in SLOWED:
         return 0
     method = SLOWED[stage][0]
-    answered = sum(
-        1 for r in fake.requests if r.get("api_method") == method and r.get("status") == 200
+    # The fake logs a request when it ends; a killed client's requests end within their delay.
+    wait_until(lambda: fake.in_flight(method) == 0, 60, "the killed worker's requests to end")
+    received = sum(
+        1
+        for r in fake.requests
+        if r.get("api_method") == method
+        and r["started"] < killed_at
+        and (r.get("status") == 200 or r.get("client_gone"))
     )
     ledger_stage = {"chunking": "chunks", "embedding": "embeddings"}[stage]
     with engine.connect() as conn:
         committed = conn.execute(
             sa.text(
                 "SELECT count(*) FROM ai_calls"
-                " WHERE outcome = 'paid' AND stage = :stage AND document_id = :doc"
+                " WHERE outcome = 'paid' AND stage = :stage AND run_id = :run"
             ),
-            {"stage": ledger_stage, "doc": document_id},
+            {"stage": ledger_stage, "run": run_id},
         ).scalar_one()
-    return fake.in_flight(method) + answered - committed
+    return received - committed
 
 
 def slow_down(fake: FakeGemini, stage: str) -> None:
@@ -65,6 +79,18 @@ def slow_down(fake: FakeGemini, stage: str) -> None:
 
 def _stage(engine: Engine, document_id: str) -> str:
     return store.get_document(engine, document_id)["stage"]
+
+
+def _waiting_for(engine: Engine, holder: int) -> bool:
+    """Whether a session waits for a lock that the session `holder` holds."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity"
+                " WHERE :holder = ANY(pg_blocking_pids(pid)))"
+            ),
+            {"holder": holder},
+        ).scalar_one()
 
 
 @contextmanager
@@ -89,6 +115,7 @@ def worker_inside(
         yield wait_until(mid_stage, timeout, f"the run to be {stage}", interval=0.05)
         return
     with engine.connect() as conn:
+        holder = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         if stage == "extracting":
             # Held after extracting the book, before it writes the title to the document row.
             wait_until(
@@ -120,6 +147,11 @@ def worker_inside(
             raise ValueError(f"no crash point for stage {stage!r}")
         # The worker cannot leave the stage while the lock is held: check it had not yet.
         assert _stage(engine, document_id) == stage, f"the run left {stage} before it was held"
+        # Killed before it reaches the lock, the worker could be between sending an AI request
+        # and committing its answer, which the retry would pay again.
+        wait_until(
+            lambda: _waiting_for(engine, holder), timeout, f"the run to wait in {stage}", 0.02
+        )
         try:
             yield wait_until(
                 lambda: running_step_pid(engine, run_id), timeout, "the step's worker", 0.05

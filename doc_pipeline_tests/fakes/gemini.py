@@ -32,7 +32,8 @@ until its answer goes to the socket or is dropped. `in_flight()`, `peak_in_fligh
 peak since `clear_requests()`) and `GET /_fake/requests` ("in_flight" per method, and
 "peak_in_flight" per method with "*" for all methods together) say how many overlapped; each
 log entry has `started` and `finished` (time.monotonic() seconds), `in_flight_at_start`
-(requests of its method in flight, itself included) and, when held, `latency_seconds`.
+(requests of its method in flight, itself included), `peer` (the client's address and port:
+which connection, hence which process, sent it) and, when held, `latency_seconds`.
 
 Run standalone: python -m doc_pipeline_tests.fakes.gemini --port 8765 [--host H] [--log FILE]
   [--latency SECONDS[,TOKENS_PER_SECOND]] [--embedding-latency SECONDS]
@@ -337,6 +338,7 @@ class FakeGemini:
             "http_method": call.http_method,
             "path": path,
             "body_sha256": body_hash,
+            "peer": list(call.peer) if call.peer else None,  # the client's [address, port]
         }
 
     def _authorize(self, call: Call, entry: dict) -> None:

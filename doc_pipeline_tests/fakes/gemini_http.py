@@ -151,6 +151,7 @@ class Call:
     file_id: str | None = None
     # True once the client closed its connection (e.g. it timed out waiting for an answer).
     client_gone: Callable[[], bool] = lambda: False
+    peer: tuple | None = None  # the client's (address, port)
 
     def json(self) -> dict:
         if not self.raw:
@@ -249,7 +250,15 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
-        call = Call(method, url.path, query, headers, raw, client_gone=self._client_gone)
+        call = Call(
+            method,
+            url.path,
+            query,
+            headers,
+            raw,
+            client_gone=self._client_gone,
+            peer=tuple(self.client_address),
+        )
         reply = self.server.dispatch(call)
         if reply.drop:
             self._drop()
