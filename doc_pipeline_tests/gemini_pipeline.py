@@ -72,10 +72,12 @@ class GeminiPipeline:
             engine.dispose()
 
     def materialization_metadata(self, asset: str) -> list[dict]:
-        """The metadata of every materialization of the asset, from the Dagster event log."""
+        """The metadata of every materialization of the asset, from the Dagster event log,
+        oldest first."""
         rows = self.dagster_query(
             "SELECT event FROM event_logs"
-            " WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = :key",
+            " WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = :key"
+            " ORDER BY id",
             key=json.dumps([asset]),
         )
         records = [json.loads(row.event) for row in rows]

@@ -302,8 +302,8 @@ def test_a_chunker_that_loses_text_stops_the_run_before_embeddings(books):
 def changed_embedding(books: Books, statement: str, chunk_id: str) -> Iterator[None]:
     """Run a statement on one chunk's vector, then restore the row as it was."""
     (saved,) = books.sql(
-        "SELECT chunk_id, model, document_id, dimensions, embedding::text AS embedding"
-        " FROM embeddings WHERE chunk_id = :chunk",
+        "SELECT chunk_id, model, document_id, dimensions, embedding::text AS embedding,"
+        " text_sha256 FROM embeddings WHERE chunk_id = :chunk",
         chunk=chunk_id,
     )
     books.sql(statement, chunk=chunk_id, other=books.a)
@@ -312,8 +312,9 @@ def changed_embedding(books: Books, statement: str, chunk_id: str) -> Iterator[N
     finally:
         books.sql("DELETE FROM embeddings WHERE chunk_id = :chunk", chunk=chunk_id)
         books.sql(
-            "INSERT INTO embeddings (chunk_id, model, document_id, dimensions, embedding)"
-            " VALUES (:chunk_id, :model, :document_id, :dimensions, CAST(:embedding AS vector))",
+            "INSERT INTO embeddings (chunk_id, model, document_id, dimensions, embedding,"
+            " text_sha256) VALUES (:chunk_id, :model, :document_id, :dimensions,"
+            " CAST(:embedding AS vector), :text_sha256)",
             **saved._mapping,
         )
 

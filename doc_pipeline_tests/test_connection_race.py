@@ -16,6 +16,7 @@ from doc_pipeline.core.chunking import ChunkingConfig, chunk_markdown
 from doc_pipeline.core.epub import epub_to_markdown
 from doc_pipeline.core.lexical_embedding import MODEL_NAME, embed_texts
 from doc_pipeline.core.semantic import SemanticConfig
+from doc_pipeline.core.vectors import text_key
 from doc_pipeline.db import migrate, store
 from doc_pipeline.db.connecting import Engines, connect_document
 from doc_pipeline_tests.conftest import CORPUS, create_database
@@ -42,7 +43,11 @@ def _write_version(engine, document_id: str, rows: list[dict]) -> None:
     store.write_chunks(engine, document_id, rows)
     missing = store.chunks_missing_embeddings(engine, document_id, MODEL_NAME)
     store.write_embeddings(
-        engine, document_id, MODEL_NAME, {chunk_id: _VECTORS[chunk_id] for chunk_id in missing}
+        engine,
+        document_id,
+        MODEL_NAME,
+        {chunk_id: _VECTORS[chunk_id] for chunk_id, _ in missing},
+        {chunk_id: text_key(content) for chunk_id, content in missing},
     )
 
 

@@ -1,5 +1,6 @@
 import sqlalchemy as sa
 
+from doc_pipeline.core.vectors import text_key
 from doc_pipeline.db import migrate
 
 TABLES = {
@@ -87,5 +88,48 @@ def test_a_ledger_made_by_the_previous_release_upgrades_and_downgrades(empty_dat
             columns = {c["name"] for c in sa.inspect(conn).get_columns("ai_responses")}
             count = conn.execute(sa.text("SELECT count(*) FROM ai_responses")).scalar_one()
         assert "model_version" not in columns and count == 1
+    finally:
+        engine.dispose()
+
+
+def test_vectors_made_by_the_previous_release_get_their_text_keys(empty_database_url):
+    """A database at 0005 (the previous release) with a chunk and its vector: 0006 keys the
+    vector by the SHA-256 of the chunk's text, as new vectors are keyed; its downgrade drops the
+    key and keeps the vector."""
+    url = empty_database_url
+    migrate.upgrade(url, "0005")
+    text = "Une île, déjà: a chunk's text with non-ASCII letters."
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO documents (id, content_sha256, source_file, byte_size)"
+                    " VALUES ('doc', repeat('a', 64), 'a.epub', 100)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO chunks (id, document_id, chunk_index, content, start_offset,"
+                    " end_offset, word_count, char_count, heading_path)"
+                    " VALUES ('c1', 'doc', 0, :text, 0, 10, 9, 10, '{}')"
+                ),
+                {"text": text},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO embeddings (chunk_id, model, document_id, dimensions, embedding)"
+                    " VALUES ('c1', 'm', 'doc', 3, '[0.6, 0.8, 0]')"
+                )
+            )
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            key = conn.execute(sa.text("SELECT text_sha256 FROM embeddings")).scalar_one()
+        assert key == text_key(text)
+        migrate.downgrade(url, "0005")
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("embeddings")}
+            count = conn.execute(sa.text("SELECT count(*) FROM embeddings")).scalar_one()
+        assert "text_sha256" not in columns and count == 1
     finally:
         engine.dispose()

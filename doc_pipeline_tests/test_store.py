@@ -6,6 +6,7 @@ import sqlalchemy as sa
 
 from doc_pipeline.core.ids import chunk_ids
 from doc_pipeline.core.semantic import SemanticConfig
+from doc_pipeline.core.vectors import text_key
 from doc_pipeline.db import store
 from doc_pipeline.db.semantic_search import NEAREST_OTHER_DOCUMENTS, find_semantic_edges
 
@@ -77,11 +78,16 @@ def test_embeddings_only_for_missing_chunks_and_cascade_on_chunk_removal(engine)
     _register(engine, "doc1")
     store.write_chunks(engine, "doc1", _rows("doc1", ["a b", "c d"]))
     missing = store.chunks_missing_embeddings(engine, "doc1", "m")
-    assert len(missing) == 2
-    vectors = {cid: np.ones(768, dtype=np.float32) / np.sqrt(768) for cid in missing}
-    assert store.write_embeddings(engine, "doc1", "m", vectors).inserted == 2
-    assert store.chunks_missing_embeddings(engine, "doc1", "m") == set()
-    assert store.write_embeddings(engine, "doc1", "m", vectors).inserted == 0
+    assert [content for _, content in missing] == ["a b", "c d"]
+    vectors = {cid: np.ones(768, dtype=np.float32) / np.sqrt(768) for cid, _ in missing}
+    keys = {cid: text_key(content) for cid, content in missing}
+    assert store.write_embeddings(engine, "doc1", "m", vectors, keys).inserted == 2
+    assert store.chunks_missing_embeddings(engine, "doc1", "m") == []
+    assert store.write_embeddings(engine, "doc1", "m", vectors, keys).inserted == 0
+    # Each vector is found by its text, whatever chunk or document made it.
+    found = store.vectors_of_texts(engine, "m", 768, [text_key("a b"), text_key("x y")])
+    assert list(found) == [text_key("a b")] and found[text_key("a b")].shape == (768,)
+    assert store.vectors_of_texts(engine, "m", 1536, [text_key("a b")]) == {}
     store.write_chunks(engine, "doc1", _rows("doc1", ["a b"]))
     assert store.count_embeddings(engine, "doc1", "m") == 1
 
@@ -97,7 +103,8 @@ def _embed(engine, document_id: str, contents: list[str], vectors: list[np.ndarr
     rows = _rows(document_id, contents)
     store.write_chunks(engine, document_id, rows)
     ids = [row["id"] for row in rows]
-    store.write_embeddings(engine, document_id, "m", dict(zip(ids, vectors, strict=True)))
+    keys = {row["id"]: text_key(row["content"]) for row in rows}
+    store.write_embeddings(engine, document_id, "m", dict(zip(ids, vectors, strict=True)), keys)
     return ids
 
 

@@ -6,6 +6,7 @@ from doc_pipeline.assets import catalog, versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.core.parallel import BoundedRequests
+from doc_pipeline.core.vectors import text_key
 from doc_pipeline.db import store
 from doc_pipeline.db.stage_tracking import tracked_stage
 from doc_pipeline.partitions import documents_partitions
@@ -31,43 +32,61 @@ def embeddings(
     liveness: Liveness,
     provider: Provider,
 ) -> dict:
-    """One vector per chunk and model. Batches are cut the same way every time (by chunk order),
-    so a retried batch is the same ledger request and is not paid again; a batch whose chunks
-    all have vectors is skipped. Batches are sent concurrently (the provider's
-    `max_concurrent_requests`), and each is committed as its answer arrives."""
+    """One vector per chunk and model, kept under its text's key: a text that has a vector for
+    the model already (in any chunk of any document) is reused, not sent; the texts that have
+    none are sent in batches of at most `embedding_batch_size`, concurrently (the provider's
+    `max_concurrent_requests`), and each batch is written as its answer arrives, so a retry
+    sends only texts still without a vector."""
     document_id = context.partition_key
     engine = app_database.engine
     model = provider.embedding_model
     scope = ledger_scope(context, app_database, provider, "embeddings")
     started = time.perf_counter()
-    inserted = 0
+    inserted = reused = 0
     with (
         liveness.heartbeat(context, app_database),
         expected_failures(),
         tracked_stage(engine, document_id, "embedding", "embedded"),
     ):
         missing = store.chunks_missing_embeddings(engine, document_id, model)
-        ordered = store.chunk_texts(engine, document_id)
-        size = provider.embedding_batch_size
-        batches = [ordered[offset : offset + size] for offset in range(0, len(ordered), size)]
+        keys = {chunk_id: text_key(content) for chunk_id, content in missing}
+        chunks_of: dict[str, list[str]] = {}
+        for chunk_id, key in keys.items():
+            chunks_of.setdefault(key, []).append(chunk_id)
+        known = store.vectors_of_texts(engine, model, provider.embedding_dimensions, chunks_of)
+        if known:
+            vectors = {
+                c: known[k] for k, chunk_ids in chunks_of.items() if k in known for c in chunk_ids
+            }
+            reused = store.write_embeddings(engine, document_id, model, vectors, keys).inserted
+        texts = {
+            key: content for chunk_id, content in missing if (key := keys[chunk_id]) not in known
+        }
+        batches = [
+            list(texts.items())[i : i + provider.embedding_batch_size]
+            for i in range(0, len(texts), provider.embedding_batch_size)
+        ]
         with BoundedRequests[list](provider.max_concurrent_requests, name="embedding") as sent:
             for batch in batches:
-                if any(chunk_id in missing for chunk_id, _ in batch):
-                    sent.submit(batch, provider.embed, [content for _, content in batch], scope)
-            for batch, vectors in sent.completed():  # each batch written as it arrives
-                wanted = {
+                sent.submit(batch, provider.embed, [text for _, text in batch], scope)
+            for batch, answer in sent.completed():  # each batch written as it arrives
+                vectors = {
                     chunk_id: vector
-                    for (chunk_id, _), vector in zip(batch, vectors, strict=True)
-                    if chunk_id in missing
+                    for (key, _), vector in zip(batch, answer, strict=True)
+                    for chunk_id in chunks_of[key]
                 }
-                inserted += store.write_embeddings(engine, document_id, model, wanted).inserted
+                inserted += store.write_embeddings(
+                    engine, document_id, model, vectors, keys
+                ).inserted
         total = store.count_embeddings(engine, document_id, model)
     context.add_output_metadata(
         {
             "model": model,
             "dimensions": MetadataValue.int(provider.embedding_dimensions),
             "embedded_now": MetadataValue.int(inserted),
-            "already_embedded": MetadataValue.int(total - inserted),
+            # Texts that had a vector already (another chunk, document or version): not paid.
+            "reused_vectors": MetadataValue.int(reused),
+            "already_embedded": MetadataValue.int(total - inserted - reused),
             "vectors": MetadataValue.int(total),
             "dagster/row_count": MetadataValue.int(total),
             "chunks": MetadataValue.int(len(chunks["chunk_ids"])),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -27,3 +28,8 @@ def normalized_vectors(values: Any, count: int, dimensions: int) -> np.ndarray:
     if not np.all(norms > 0):
         raise UnusableEmbeddings("the embedding answer holds a zero vector")
     return vectors / norms
+
+
+def text_key(text: str) -> str:
+    """The key a text's vector is kept under (with the model and its dimensions)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

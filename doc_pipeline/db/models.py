@@ -14,6 +14,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Identity,
+    Index,
     Integer,
     Numeric,
     SmallInteger,
@@ -92,6 +93,7 @@ class Chunk(Base):
 
 class Embedding(Base):
     __tablename__ = "embeddings"
+    __table_args__ = (Index("ix_embeddings_text", "model", "dimensions", "text_sha256"),)
 
     chunk_id: Mapped[str] = mapped_column(
         ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True
@@ -105,6 +107,9 @@ class Embedding(Base):
     # No fixed width: a model with other dimensions is a backfill, not a schema change. The HNSW
     # index is a partial expression index per width (see the migrations).
     embedding: Mapped[Any] = mapped_column(Vector())
+    # SHA-256 of the text embedded: a text embedded once (in any chunk, of any document, of any
+    # version) is reused, never paid again.
+    text_sha256: Mapped[str] = mapped_column(String(64))
 
 
 class Connection(Base):

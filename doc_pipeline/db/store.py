@@ -341,25 +341,53 @@ def chunk_texts(engine: Engine, document_id: str) -> list[tuple[str, str]]:
         return [(row.id, row.content) for row in rows]
 
 
-def chunks_missing_embeddings(engine: Engine, document_id: str, model: str) -> set[str]:
-    """Ids of the document's chunks that have no vector for the model yet.
+def chunks_missing_embeddings(
+    engine: Engine, document_id: str, model: str
+) -> list[tuple[str, str]]:
+    """(id, content) of the document's chunks that have no vector for the model yet, in order.
 
     A chunk's id is derived from its content, so an existing vector is always current."""
     embedded = sa.select(Embedding.chunk_id).where(
         Embedding.model == model, Embedding.chunk_id == Chunk.id
     )
     with engine.connect() as conn:
-        return set(
-            conn.scalars(
-                sa.select(Chunk.id).where(Chunk.document_id == document_id, ~sa.exists(embedded))
-            )
+        rows = conn.execute(
+            sa.select(Chunk.id, Chunk.content)
+            .where(Chunk.document_id == document_id, ~sa.exists(embedded))
+            .order_by(Chunk.chunk_index)
         )
+        return [(row.id, row.content) for row in rows]
+
+
+def vectors_of_texts(
+    engine: Engine, model: str, dimensions: int, keys: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """The vectors already made for these texts (by text key), by any chunk of any document."""
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(Embedding.text_sha256, Embedding.embedding)
+            .where(
+                Embedding.model == model,
+                Embedding.dimensions == dimensions,
+                Embedding.text_sha256.in_(keys),
+            )
+            .distinct(Embedding.text_sha256)
+        )
+        return {row.text_sha256: np.asarray(row.embedding, dtype=np.float32) for row in rows}
 
 
 def write_embeddings(
-    engine: Engine, document_id: str, model: str, vectors: Mapping[str, np.ndarray]
+    engine: Engine,
+    document_id: str,
+    model: str,
+    vectors: Mapping[str, np.ndarray],
+    text_keys: Mapping[str, str],
 ) -> WriteCounts:
-    """Insert vectors for chunks that had none for this model, in one transaction.
+    """Insert vectors for chunks that had none for this model, in one transaction, each under
+    its text's key (`text_keys`: chunk id -> key).
 
     Vectors of chunks that vanished went with them (ON DELETE CASCADE); a vector that exists is
     never rewritten, since the chunk id pins its content. Chunks deleted meanwhile are skipped."""
@@ -373,6 +401,7 @@ def write_embeddings(
             "document_id": document_id,
             "dimensions": int(vector.shape[0]),
             "embedding": vector,
+            "text_sha256": text_keys[chunk_id],
         }
         for chunk_id, vector in vectors.items()
     ]
