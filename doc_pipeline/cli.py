@@ -26,7 +26,7 @@ from doc_pipeline.settings import Settings
 
 app = typer.Typer(
     help=(
-        "Turn books (EPUB) into markdown, chunks, embeddings and cross-book connections, "
+        "Turn books (EPUB, PDF) into markdown, chunks, embeddings and cross-book connections, "
         "orchestrated by Dagster. State lives in $DOC_PIPELINE_HOME (default ./.doc_pipeline); "
         "set DATABASE_URL to use your own Postgres with pgvector instead of the embedded one."
     ),
@@ -132,7 +132,7 @@ def _print_json(value) -> None:
 def ingest(
     paths: Annotated[
         list[Path],
-        typer.Argument(help="EPUB files, or folders searched for them.", exists=True),
+        typer.Argument(help="EPUB and PDF files, or folders searched for them.", exists=True),
     ],
     as_json: JsonOption = False,
     provider: ProviderOption = None,

@@ -11,7 +11,8 @@ from doc_pipeline.resources.provider import Provider
 
 
 class LocalProvider(Provider):
-    """EPUB → markdown with ebooklib, structural chunks, and a lexical (not semantic) embedder.
+    """EPUB and PDF → markdown (ebooklib; pdfium, scanned pages left out), structural chunks, and
+    a lexical (not semantic) embedder.
     Makes no AI request, so the ledger is never used."""
 
     min_words: int = 500
