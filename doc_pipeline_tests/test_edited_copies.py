@@ -4,6 +4,7 @@ chunking ledger pays only for the changed chapter."""
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def edited_copy(book: Path, target: Path, old: str, new: str) -> str:
     """The book with `old` replaced by `new` once, in its middle chapter; that chapter's name."""
     with zipfile.ZipFile(book) as source:
         chapters = sorted(
-            n for n in source.namelist() if n.endswith(".xhtml") and "chapter" in n
+            (n for n in source.namelist() if re.search(r"chapter-\d+\.xhtml$", n)),
+            key=lambda n: int(re.search(r"(\d+)\.xhtml$", n).group(1)),
         )
         middle = chapters[len(chapters) // 2]
         with zipfile.ZipFile(target, "w") as copy:
@@ -26,7 +28,9 @@ def edited_copy(book: Path, target: Path, old: str, new: str) -> str:
                 data = source.read(info)
                 if info.filename == middle:
                     text = data.decode("utf-8")
-                    at = text.index(old, text.index("<p"))  # in the chapter's first paragraph
+                    # In the chapter's first body paragraph (past the title's heading group).
+                    body = text.index("<p", text.find("</hgroup>") if "</hgroup>" in text else 0)
+                    at = text.index(old, body)
                     data = (text[:at] + new + text[at + len(old) :]).encode("utf-8")
                 copy.writestr(info, data)
     return middle
