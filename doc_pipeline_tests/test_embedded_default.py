@@ -27,7 +27,8 @@ def test_ingest_samples_on_the_embedded_default(tmp_path):
         result = _run("ingest", str(samples), "--json", env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         outcomes = json.loads(result.stdout)
-        assert len(outcomes) == 2
+        assert len(outcomes) == 3
+        assert any(o["source_file"].endswith(".pdf") for o in outcomes)  # every format
         assert all(o["stage"] == "connected" and o["chunks"] > 0 for o in outcomes)
         assert all(o["connections"] > 0 for o in outcomes)
         first_pid = embedded_server_pid(home / "pgdata")
@@ -36,7 +37,7 @@ def test_ingest_samples_on_the_embedded_default(tmp_path):
 
         table = _run("status", env=env)
         assert table.returncode == 0 and "connected" in table.stdout
-        assert table.stdout.count("4/4") == 2  # every stage done, for both books
+        assert table.stdout.count("4/4") == 3  # every stage done, for every book
         rows = json.loads(_run("status", "--json", env=env).stdout)
         assert all(row["vectors"] == row["chunks"] > 0 for row in rows)
         assert embedded_server_pid(home / "pgdata") == first_pid, "later commands reuse it"
