@@ -3,7 +3,6 @@
 from dagster import AssetKey, AssetSelection, define_asset_job, in_process_executor
 
 from doc_pipeline.assets import document_assets
-from doc_pipeline.partitions import documents_partitions
 
 DOCUMENT_JOB = "document_job"
 MAX_RUNTIME_SECONDS = 6 * 60 * 60
@@ -17,8 +16,7 @@ UP_TO_EMBEDDINGS = [
 # the retry then pays for again, and it saves seconds of process start per step.
 document_job = define_asset_job(
     DOCUMENT_JOB,
-    selection=AssetSelection.assets(*document_assets),
-    partitions_def=documents_partitions,
+    selection=AssetSelection.assets(*document_assets),  # partitioned like them, by document
     executor_def=in_process_executor,
     description="Process one document: source → markdown → chunks → embeddings → connections.",
     # A backstop longer than any legitimate run; stale runs are caught sooner by the reaper.
