@@ -10,13 +10,13 @@ import signal
 
 import pypdf
 import pytest
-import sqlalchemy as sa
 import yaml
 
-from doc_pipeline.core.pdf.transcription import cut_pages
+from doc_pipeline.core.pdf.transcription import PageCutter
 from doc_pipeline.db import store
 from doc_pipeline_tests.conftest import CORPUS
 from doc_pipeline_tests.fakes.gemini_content import transcribe_pdf
+from doc_pipeline_tests.ledger_counts import ai_call_counts, keys_paid_twice
 from doc_pipeline_tests.pdf_files import scanned
 from doc_pipeline_tests.processes import run_cli, stop_process_group, wait_until
 
@@ -30,7 +30,7 @@ def transcriptions(fake) -> list[dict]:
 
 def page_text(path, page: int) -> str:
     """What the fake model reads on one page, however the page was cut into ranges."""
-    (text,) = transcribe_pdf(cut_pages(path, page, page))
+    (text,) = transcribe_pdf(PageCutter(path).cut(page, page))
     return text
 
 
@@ -55,14 +55,8 @@ def test_scanned_pages_are_transcribed_in_page_order_through_the_ledger(pipeline
     assert result.returncode == 0, result.stderr[-2000:]
     assert transcriptions(fake) == []
     assert pipeline.markdown(outcome["document_id"]) == markdown
-    with pipeline.engine.connect() as conn:
-        calls = conn.execute(
-            sa.text(
-                "SELECT outcome, count(*) FROM ai_calls"
-                " WHERE stage = 'transcription' GROUP BY outcome"
-            )
-        ).all()
-    assert dict(calls) == {"paid": 2, "hit": 2}
+    calls = ai_call_counts(pipeline.engine, "outcome", stage="transcription")
+    assert calls == {"paid": 2, "hit": 2}
 
 
 def test_only_the_pages_without_a_text_layer_are_sent(pipeline, fake, tmp_path):
@@ -93,16 +87,9 @@ def test_a_kill_mid_transcription_is_resumed_paying_only_unanswered_ranges(
     try:
 
         def paid_so_far():
-            try:
-                with pipeline.engine.connect() as conn:
-                    paid = conn.execute(
-                        sa.text(
-                            "SELECT count(*) FROM ai_calls"
-                            " WHERE stage = 'transcription' AND outcome = 'paid'"
-                        )
-                    ).scalar_one()
-            except sa.exc.ProgrammingError:  # the ingest has not made its tables yet
-                return None
+            paid = ai_call_counts(
+                pipeline.engine, "stage", stage="transcription", outcome="paid"
+            ).get("transcription", 0)
             return paid if paid >= 2 else None
 
         wait_until(paid_so_far, 120, "two ranges to be answered", interval=0.05)
@@ -122,13 +109,7 @@ def test_a_kill_mid_transcription_is_resumed_paying_only_unanswered_ranges(
     # Every range was answered; those answered twice were in flight at the kill, no more.
     assert len(set(bodies)) == 6
     assert len(bodies) - len(set(bodies)) <= in_flight
-    with pipeline.engine.connect() as conn:
-        twice = conn.execute(
-            sa.text(
-                "SELECT key FROM ai_calls WHERE outcome = 'paid' GROUP BY key HAVING count(*) > 1"
-            )
-        ).all()
-    assert twice == []
+    assert keys_paid_twice(pipeline.engine) == []
     expected = "\n\n".join(page_text(book, page) for page in range(1, 25))
     assert pipeline.markdown(outcome["document_id"]) == expected
 

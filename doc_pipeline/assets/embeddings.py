@@ -59,13 +59,15 @@ def embeddings(
                 c: known[k] for k, chunk_ids in chunks_of.items() if k in known for c in chunk_ids
             }
             reused = store.write_embeddings(engine, document_id, model, vectors, keys).inserted
-        texts = {
-            key: content for chunk_id, content in missing if (key := keys[chunk_id]) not in known
-        }
-        batches = [
-            list(texts.items())[i : i + provider.embedding_batch_size]
-            for i in range(0, len(texts), provider.embedding_batch_size)
-        ]
+        texts = list(
+            {
+                key: content
+                for chunk_id, content in missing
+                if (key := keys[chunk_id]) not in known
+            }.items()
+        )
+        size = provider.embedding_batch_size
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
         with BoundedRequests[list](provider.max_concurrent_requests, name="embedding") as sent:
             for batch in batches:
                 sent.submit(batch, provider.embed, [text for _, text in batch], scope)

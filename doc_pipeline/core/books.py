@@ -28,16 +28,20 @@ class ExtractedBook:
     pages: int = 0  # pages in the file (0: a reflowable book)
 
 
-def page_span(
-    page_starts: Sequence[Sequence[int]], start: int, end: int
-) -> tuple[int, int] | None:
-    """The first and last page of the markdown span [start, end), or None for a book without
-    pages."""
-    if not page_starts:
-        return None
-    offsets = [offset for offset, _ in page_starts]
+class PageIndex:
+    """Which pages a span of a paged book's markdown covers, from its `page_starts` (built
+    once per book: a span is a bisection)."""
 
-    def page_at(offset: int) -> int:
-        return page_starts[max(bisect.bisect_right(offsets, offset) - 1, 0)][1]
+    def __init__(self, page_starts: Sequence[Sequence[int]]) -> None:
+        self._pages = [page for _, page in page_starts]
+        self._offsets = [offset for offset, _ in page_starts]
 
-    return page_at(start), page_at(max(end - 1, start))
+    def span(self, start: int, end: int) -> tuple[int, int] | None:
+        """The first and last page of the markdown span [start, end), or None for a book
+        without pages."""
+        if not self._pages:
+            return None
+        return self._page_at(start), self._page_at(max(end - 1, start))
+
+    def _page_at(self, offset: int) -> int:
+        return self._pages[max(bisect.bisect_right(self._offsets, offset) - 1, 0)]

@@ -14,7 +14,7 @@ import pytest
 from pdfminer.high_level import extract_pages, extract_text
 from pdfminer.layout import LTTextContainer
 
-from doc_pipeline.core.books import InvalidBookError, page_span
+from doc_pipeline.core.books import InvalidBookError, PageIndex
 from doc_pipeline.core.chunk_rows import chunk_rows
 from doc_pipeline.core.chunking import ChunkingConfig, chunk_markdown
 from doc_pipeline.core.pdf import PdfLimits, page_list, pdf_to_markdown
@@ -170,10 +170,10 @@ def test_each_limit_refuses_a_pdf_over_it(limits: PdfLimits, says: str) -> None:
 
 
 def test_page_spans_and_page_lists() -> None:
-    starts = ((0, 1), (100, 2), (250, 4))
-    assert page_span(starts, 0, 100) == (1, 1)
-    assert page_span(starts, 50, 101) == (1, 2)
-    assert page_span(starts, 260, 300) == (4, 4)
-    assert page_span((), 0, 10) is None
+    pages = PageIndex(((0, 1), (100, 2), (250, 4)))
+    assert pages.span(0, 100) == (1, 1)
+    assert pages.span(50, 101) == (1, 2)
+    assert pages.span(260, 300) == (4, 4)
+    assert PageIndex(()).span(0, 10) is None
     assert page_list([1, 2, 3, 7]) == "pages 1-3, 7"
     assert page_list([5]) == "page 5"

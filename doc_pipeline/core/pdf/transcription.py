@@ -9,7 +9,9 @@ out concurrently; the texts come back in page order, whatever order the answers 
 
 from __future__ import annotations
 
+import functools
 import io
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -31,6 +33,12 @@ PROMPT_VERSION = "transcription-v1"
 MAX_PAGE_CHARS = 40_000  # a dense page holds about 5,000 characters; more is not a page
 
 
+@functools.cache
+def _template() -> str:
+    folder = resources.files("doc_pipeline.prompts").joinpath("transcription", "v1")
+    return folder.joinpath("pages.md").read_text(encoding="utf-8")
+
+
 class TranscriptionFailed(KnownFailure, RuntimeError):
     """A page's transcription stayed unusable, even asked for alone."""
 
@@ -47,12 +55,7 @@ class PageRange:
 
     @property
     def prompt(self) -> str:
-        template = resources.files("doc_pipeline.prompts").joinpath(
-            "transcription", "v1", "pages.md"
-        )
-        return template.read_text(encoding="utf-8").format(
-            pages=self.pages, first=self.first, last=self.last
-        )
+        return _template().format(pages=self.pages, first=self.first, last=self.last)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -92,16 +95,25 @@ def page_ranges(pages: Sequence[int], per_request: int) -> list[tuple[int, int]]
     return ranges
 
 
-def cut_pages(path: Path, first: int, last: int) -> bytes:
-    """A PDF of pages first..last of `path`, byte for byte the same each time (the ledger keys
-    the request by it): page objects copied as they are, nothing decoded, no timestamp."""
-    reader = pypdf.PdfReader(path, strict=False)
-    writer = pypdf.PdfWriter()
-    for index in range(first - 1, last):
-        writer.add_page(reader.pages[index])
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return buffer.getvalue()
+class PageCutter:
+    """PDFs of page ranges of one file, byte for byte the same each time (the ledger keys the
+    request by them): page objects copied as they are, nothing decoded, no timestamp. The file
+    is parsed once; the concurrent requests' threads take turns at it (pypdf reads lazily from
+    one open file)."""
+
+    def __init__(self, path: Path) -> None:
+        self._reader = pypdf.PdfReader(path, strict=False)
+        self._lock = threading.Lock()
+
+    def cut(self, first: int, last: int) -> bytes:
+        """A PDF of pages first..last."""
+        writer = pypdf.PdfWriter()
+        buffer = io.BytesIO()
+        with self._lock:
+            for index in range(first - 1, last):
+                writer.add_page(self._reader.pages[index])
+            writer.write(buffer)
+        return buffer.getvalue()
 
 
 def parse_transcription(answer: Mapping[str, Any], pages: int) -> list[str]:
@@ -120,33 +132,30 @@ def parse_transcription(answer: Mapping[str, Any], pages: int) -> list[str]:
     return [storable(text).strip() for text in texts]
 
 
-def transcribe(
-    path: Path, pages: Sequence[int], model: Transcriber
-) -> dict[int, str]:
+def transcribe(path: Path, pages: Sequence[int], model: Transcriber) -> dict[int, str]:
     """The text of each page in `pages`, asked for in ranges; a range whose answer is unusable
     is asked again in two halves, down to single pages."""
     texts: dict[int, str] = {}
+    cutter = PageCutter(path)
+
+    def ask(first: int, last: int) -> Mapping[str, Any]:
+        return model.ask(PageRange(first, last, cutter.cut(first, last)))
+
     with BoundedRequests[tuple[int, int]](model.max_concurrent, name="transcription") as pending:
         for first, last in page_ranges(pages, model.pages_per_request):
-            pending.submit((first, last), _ask, model, path, first, last)
+            pending.submit((first, last), ask, first, last)
         for (first, last), answer in pending.completed():
             try:
                 found = parse_transcription(answer, last - first + 1)
             except MalformedAnswer as problem:
                 if first == last:
                     pending.fail(
-                        TranscriptionFailed(
-                            f"unusable transcription of page {first} ({problem})"
-                        )
+                        TranscriptionFailed(f"unusable transcription of page {first} ({problem})")
                     )
                     continue
                 middle = (first + last) // 2
-                pending.submit((first, middle), _ask, model, path, first, middle, ahead=True)
-                pending.submit((middle + 1, last), _ask, model, path, middle + 1, last, ahead=True)
+                pending.submit((first, middle), ask, first, middle, ahead=True)
+                pending.submit((middle + 1, last), ask, middle + 1, last, ahead=True)
                 continue
             texts.update(zip(range(first, last + 1), found, strict=True))
     return dict(sorted(texts.items()))
-
-
-def _ask(model: Transcriber, path: Path, first: int, last: int) -> Mapping[str, Any]:
-    return model.ask(PageRange(first, last, cut_pages(path, first, last)))
