@@ -55,7 +55,8 @@ from typing import overload
 from urllib.parse import urlencode
 
 from doc_pipeline_tests.fakes import gemini_api as api
-from doc_pipeline_tests.fakes.gemini_content import canonical_hash, transcribe_pdf
+from doc_pipeline_tests.fakes import gemini_content as gc
+from doc_pipeline_tests.fakes.gemini_content import canonical_hash
 from doc_pipeline_tests.fakes.gemini_files import FileReader, FileStore
 from doc_pipeline_tests.fakes.gemini_http import (
     FAULT_METHODS,
@@ -388,10 +389,10 @@ class FakeGemini:
                 foreign = tuple(self._chunked_texts)
             shaping = fault.shaping(foreign) if fault else api.Shaping()
             body = api.generate(request, call.model, call.version, self.files, shaping)
-            self._remember(api.marked_text(request, self.files))
-            pdfs = api.read_prompt(request, self.files).pdfs
-            if pdfs:  # a transcription: how many pages it was sent
-                entry.update(pdf_pages=sum(len(transcribe_pdf(pdf)) for pdf in pdfs))
+            prompt = api.read_prompt(request, self.files)
+            self._remember(gc.extract_marked(prompt.user_text))
+            if prompt.pdf_pages:  # a transcription: how many pages it was sent
+                entry.update(pdf_pages=len(prompt.pdf_pages))
             usage = body["usageMetadata"]
             entry.update(
                 prompt_tokens=usage["promptTokenCount"],

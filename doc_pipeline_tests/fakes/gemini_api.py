@@ -25,21 +25,22 @@ class Prompt:
     user_text: str
     file_text: str
     tokens: int
-    pdfs: list[bytes] = field(default_factory=list)  # attached PDFs, inline or uploaded
+    # What the model reads on each page of the attached PDFs (inline or uploaded), in order.
+    pdf_pages: list[str] = field(default_factory=list)
 
 
 def read_prompt(body: dict, files: FileStore) -> Prompt:
     """The user's text, the text of attached files, and the prompt's token count."""
-    user, attached, counted, pdfs = [], [], [], []
+    user, attached, counted, pdf_pages = [], [], [], []
     system = body.get("systemInstruction") or {}
     contents = [*body.get("contents", []), {**system, "role": "system"}]
     for content in contents:
         for part in content.get("parts") or []:
             pages = _pdf_pages(part, files)
             if pages is not None:
-                pdfs.append(pages[0])
+                pdf_pages.extend(pages)
                 # Gemini counts a PDF page as an image (258 tokens), whatever is on it.
-                counted.append("x" * 4 * 258 * pages[1])
+                counted.append("x" * 4 * 258 * len(pages))
                 continue
             text = _part_text(part, files)
             counted.append(text)
@@ -48,17 +49,12 @@ def read_prompt(body: dict, files: FileStore) -> Prompt:
             elif "text" not in part:
                 attached.append(text)
     tokens = sum(gc.estimate_tokens(t) for t in counted)
-    return Prompt("\n\n".join(user), "\n\n".join(attached), tokens, pdfs)
+    return Prompt("\n\n".join(user), "\n\n".join(attached), tokens, pdf_pages)
 
 
-def marked_text(body: dict, files: FileStore) -> str | None:
-    """The text between the markers of a generateContent request, if it has one."""
-    return gc.extract_marked(read_prompt(body, files).user_text)
-
-
-def _pdf_pages(part: dict, files: FileStore) -> tuple[bytes, int] | None:
-    """A PDF the part carries (inline or uploaded) and its page count; None for another part,
-    or for bytes that only claim to be a PDF (they are read as text, as before)."""
+def _pdf_pages(part: dict, files: FileStore) -> list[str] | None:
+    """What the model reads on each page of a PDF the part carries (inline or uploaded); None
+    for another part, or for bytes that only claim to be a PDF (they are read as text)."""
     inline = part.get("inlineData") or {}
     uploaded = part.get("fileData") or {}
     if inline.get("mimeType") == "application/pdf":
@@ -68,7 +64,7 @@ def _pdf_pages(part: dict, files: FileStore) -> tuple[bytes, int] | None:
     else:
         return None
     try:
-        return data, len(gc.transcribe_pdf(data))
+        return gc.transcribe_pdf(data)
     except Exception:  # noqa: BLE001 - pypdf's many errors: not a PDF to transcribe
         return None
 
@@ -135,10 +131,9 @@ def generate(body: dict, model: str, version: str, files: FileStore, shaping: Sh
 
 def _answer_text(config: dict, prompt: Prompt) -> str:
     schema = config.get("responseJsonSchema") or config.get("responseSchema")
-    if prompt.pdfs and "pages" in ((schema or {}).get("properties") or {}):
+    if prompt.pdf_pages and "pages" in ((schema or {}).get("properties") or {}):
         # A transcription: one text per page of the attached PDF, read from its pages.
-        pages = [text for pdf in prompt.pdfs for text in gc.transcribe_pdf(pdf)]
-        return json.dumps({"pages": pages}, ensure_ascii=False, indent=2)
+        return json.dumps({"pages": prompt.pdf_pages}, ensure_ascii=False, indent=2)
     if schema is None and config.get("responseMimeType") != "application/json":
         return gc.plain_answer(prompt.user_text, prompt.file_text)
     value = gc.json_answer(schema, prompt.user_text, prompt.file_text)
