@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from doc_pipeline.db import store
 from doc_pipeline_tests.dagster_ui import running_step_pid
 from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.ledger_counts import ai_call_counts
 from doc_pipeline_tests.processes import wait_until
 
 STAGES = ("extracting", "chunking", "embedding", "connecting")
@@ -60,15 +61,8 @@ def requests_in_flight(
         and (r.get("status") == 200 or r.get("client_gone"))
     )
     ledger_stage = {"chunking": "chunks", "embedding": "embeddings"}[stage]
-    with engine.connect() as conn:
-        committed = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM ai_calls"
-                " WHERE outcome = 'paid' AND stage = :stage AND run_id = :run"
-            ),
-            {"stage": ledger_stage, "run": run_id},
-        ).scalar_one()
-    return received - committed
+    committed = ai_call_counts(engine, "run_id", outcome="paid", stage=ledger_stage, run_id=run_id)
+    return received - committed.get(run_id, 0)
 
 
 def slow_down(fake: FakeGemini, stage: str) -> None:

@@ -20,6 +20,7 @@ from doc_pipeline.resources.gemini_provider import GeminiProvider
 from doc_pipeline_tests.conftest import CORPUS, create_database
 from doc_pipeline_tests.document_data import document_data
 from doc_pipeline_tests.gemini_pipeline import API_KEY, GeminiPipeline
+from doc_pipeline_tests.ledger_counts import ai_call_counts, keys_paid_twice
 from doc_pipeline_tests.processes import stop_process_group
 
 FLATLAND = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
@@ -111,11 +112,8 @@ def test_when_one_request_fails_for_good_the_others_in_flight_are_kept(pipeline,
     # The refusal came at once; the 7 requests in flight with it were answered all the same.
     assert len(answered) >= 7
     # Every answer that arrived was committed to the ledger, also those after the failure.
-    with pipeline.engine.connect() as conn:
-        paid = conn.execute(
-            sa.text("SELECT count(*) FROM ai_calls WHERE outcome = 'paid' AND stage = 'chunks'")
-        ).scalar_one()
-    assert paid == len(answered)
+    paid = ai_call_counts(pipeline.engine, "stage", outcome="paid", stage="chunks")
+    assert paid["chunks"] == len(answered)
 
     slow_fake.clear_faults()
     slow_fake.clear_requests()
@@ -196,23 +194,11 @@ def test_random_kills_of_a_concurrent_ingest_end_like_a_clean_run(
     outcome = pipeline.ingest(FLATLAND)[FLATLAND.name]
     assert outcome["stage"] == "connected"
     assert document_data(pipeline.engine, outcome["document_id"]) == expected
-    with pipeline.engine.connect() as conn:
-        twice = conn.execute(
-            sa.text(
-                "SELECT key FROM ai_calls WHERE outcome = 'paid' GROUP BY key HAVING count(*) > 1"
-            )
-        ).all()
-    assert twice == []
+    assert keys_paid_twice(pipeline.engine) == []
     bodies = [r["body_sha256"] for r in slow_fake.requests if r.get("status") == 200]
     assert len(bodies) - len(set(bodies)) <= lost
     pipeline.engine.dispose()
 
 
 def _paid(pipeline: GeminiPipeline) -> int:
-    try:
-        with pipeline.engine.connect() as conn:
-            return conn.execute(
-                sa.text("SELECT count(*) FROM ai_calls WHERE outcome = 'paid'")
-            ).scalar_one()
-    except sa.exc.ProgrammingError:  # the first ingest has not made the tables yet
-        return 0
+    return ai_call_counts(pipeline.engine, "outcome", outcome="paid").get("paid", 0)

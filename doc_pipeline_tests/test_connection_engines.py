@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from doc_pipeline_tests.conftest import CORPUS, create_database
 from doc_pipeline_tests.fakes import FakeGemini
 from doc_pipeline_tests.gemini_pipeline import GeminiPipeline
+from doc_pipeline_tests.ledger_counts import ai_call_counts
 
 BOOKS = [
     CORPUS / "epub" / "se-abbott-flatland.epub3.epub",
@@ -38,11 +39,7 @@ def _types(pipeline: GeminiPipeline) -> dict[str, int]:
 
 
 def _bridge_calls(pipeline: GeminiPipeline) -> dict[str, int]:
-    with pipeline.engine.connect() as conn:
-        rows = conn.execute(
-            sa.text("SELECT outcome, count(*) FROM ai_calls WHERE stage = 'connections' GROUP BY 1")
-        ).all()
-    return dict(rows)
+    return ai_call_counts(pipeline.engine, "outcome", stage="connections")
 
 
 def test_three_engines_connect_two_books_through_the_ledger(postgres_server, tmp_path):

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from doc_pipeline.db import store
@@ -36,6 +35,7 @@ from doc_pipeline_tests.crash_points import (
 from doc_pipeline_tests.dagster_ui import document_settled, launch_document_run
 from doc_pipeline_tests.document_data import CONNECT_EVERYTHING, DocumentData, document_data
 from doc_pipeline_tests.fakes import FakeGemini
+from doc_pipeline_tests.ledger_counts import ai_call_counts, keys_paid_twice
 from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
 
 BOOK = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
@@ -128,13 +128,7 @@ def _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean,
     bodies = paid_bodies(fake)
     assert len(bodies) - len(set(bodies)) <= in_flight
     # The ledger: no request was paid twice.
-    with engine.connect() as conn:
-        twice = conn.execute(
-            sa.text(
-                "SELECT key FROM ai_calls WHERE outcome = 'paid' GROUP BY key HAVING count(*) > 1"
-            )
-        ).all()
-    assert twice == []
+    assert keys_paid_twice(engine) == []
 
 
 # Extracting is left to bench/recovery.py (it has no AI request and no row but the document's
@@ -177,20 +171,10 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
     if stage == "connecting":
         # Killed at its write, the worker had paid for every bridge judgement and committed
         # it: the retry found them all in the ledger.
-        assert list(_paid_by_run(engine, document_id, "connections")) == [run_id]
-
-
-def _paid_by_run(engine, document_id: str, stage: str) -> dict[str, int]:
-    """The stage's paid AI requests for the document, counted by the run that paid them."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT run_id, count(*) FROM ai_calls WHERE outcome = 'paid'"
-                " AND document_id = :doc AND stage = :stage GROUP BY run_id"
-            ),
-            {"doc": document_id, "stage": stage},
-        ).all()
-    return dict(rows)
+        paid = ai_call_counts(
+            engine, "run_id", outcome="paid", document_id=document_id, stage="connections"
+        )
+        assert list(paid) == [run_id]
 
 
 def test_killing_the_whole_dagster_process_tree_and_starting_it_again_recovers_the_run(

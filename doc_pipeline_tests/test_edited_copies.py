@@ -8,9 +8,8 @@ import re
 import zipfile
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from doc_pipeline_tests.conftest import CORPUS
+from doc_pipeline_tests.ledger_counts import ai_call_counts
 
 BOOK = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
 
@@ -40,25 +39,15 @@ def _int(entry: dict) -> int:
     return entry["entry_data"]["value"]
 
 
-def _paid(pipeline, document_id: str) -> dict[str, int]:
-    with pipeline.engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT stage, count(*) FROM ai_calls WHERE document_id = :doc"
-                " AND outcome = 'paid' GROUP BY stage"
-            ),
-            {"doc": document_id},
-        ).all()
-    return dict(rows)
-
-
 def test_a_one_word_edit_embeds_only_the_changed_texts(pipeline, tmp_path):
     (original,) = pipeline.ingest(BOOK).values()
     copy = tmp_path / "flatland-edited.epub"
     edited_copy(BOOK, copy, " the ", " the very ")
     (edited,) = pipeline.ingest(copy).values()
     assert edited["stage"] == "connected" and edited["document_id"] != original["document_id"]
-    paid = _paid(pipeline, edited["document_id"])
+    paid = ai_call_counts(
+        pipeline.engine, "stage", outcome="paid", document_id=edited["document_id"]
+    )
     # The changed chapter's chunking request, and one embedding batch.
     assert paid.get("chunks") == 1 and paid.get("embeddings") == 1
     counts = [
