@@ -90,32 +90,29 @@ def lay_out(
 def _running_lines(pages: Sequence[Page]) -> set[int]:
     """Ids of the lines that are running headers or footers or page numbers: the top-most and
     bottom-most two lines of a page whose text (digits aside) comes back on most pages."""
-    candidates: list[tuple[int, Line, str]] = []
+    candidates: list[tuple[int, Line, str, bool]] = []
     for page in pages:
         by_height = sorted(page.lines, key=lambda line: -line.top)
         edge = by_height[:2] + [line for line in by_height[-2:] if line not in by_height[:2]]
+        highest, lowest = (by_height[0].top, by_height[-1].top) if by_height else (0.0, 0.0)
         for line in edge:
-            candidates.append((page.number, line, _running_key(line.text)))
+            outermost = line.top in (highest, lowest)  # also beside another line on that row
+            candidates.append((page.number, line, _running_key(line.text), outermost))
     running: set[int] = set()
     seen_on: dict[str, set[int]] = {}
-    for number, _, key in candidates:
+    for number, _, key, _ in candidates:
         seen_on.setdefault(key, set()).add(number)
-    for number, line, key in candidates:
+    for _, line, key, outermost in candidates:
         on = seen_on[key]
         span = max(on) - min(on) + 1
         repeated = len(on) >= 3 and len(on) >= _RUNNING_DENSITY * span
-        if repeated or (_PAGE_NUMBER.match(line.text) and _outermost(pages[number - 1], line)):
+        if repeated or (outermost and _PAGE_NUMBER.match(line.text)):
             running.add(id(line))
     return running
 
 
 def _running_key(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"\d+", "#", text.lower())).strip()
-
-
-def _outermost(page: Page, line: Line) -> bool:
-    tops = [other.top for other in page.lines]
-    return line.top == max(tops) or line.top == min(tops)
 
 
 def _between_gutenberg_markers(lines: list[Line]) -> list[Line]:
