@@ -29,7 +29,7 @@ from doc_pipeline.instance import open_instance
 from doc_pipeline.jobs import UP_TO_EMBEDDINGS
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.liveness import Liveness
-from doc_pipeline.run_recovery import reap_dead_runs
+from doc_pipeline.run_recovery import reap_dead_runs, this_process_tags
 from doc_pipeline.settings import Settings
 from doc_pipeline.step_failures import unexpected_error
 
@@ -173,7 +173,11 @@ class Ingestion:
             result = execute_job(
                 reconstructable(document_job),
                 instance=instance,
-                tags={"dagster/partition": outcome.document_id, "doc_pipeline/source": "cli"},
+                tags={
+                    "dagster/partition": outcome.document_id,
+                    "doc_pipeline/source": "cli",
+                    **this_process_tags(),
+                },
                 run_config=_merged(
                     VERBOSE_RUN_CONFIG if self.verbose else QUIET_RUN_CONFIG, self.run_config
                 ),

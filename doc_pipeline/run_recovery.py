@@ -7,6 +7,7 @@ before it starts (a CLI run killed earlier must not hold its AI pool slot foreve
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,10 @@ from doc_pipeline.db.heartbeats import newest_beats
 LOOKBACK = timedelta(days=1)
 # A job's (or run's) own stale limit, in minutes, instead of `liveness.stale_after_minutes`.
 STALE_AFTER_TAG = "doc_pipeline/stale_after_minutes"
+# Where a run will run, set by a launcher that runs it in its own process (the CLI), so that a
+# run killed before its first heartbeat is known dead at once.
+WORKER_HOST_TAG = "doc_pipeline/worker_host"
+WORKER_PID_TAG = "doc_pipeline/worker_pid"
 ASSET_ORDER = [key for asset in document_assets for key in asset.keys]
 
 
@@ -53,6 +58,8 @@ def reap_dead_runs(
                 beat_host=beat.host if beat else None,
                 beat_pid=beat.pid if beat else None,
                 stale_after=_stale_after_tag(run.tags.get(STALE_AFTER_TAG)),
+                worker_host=run.tags.get(WORKER_HOST_TAG),
+                worker_pid=_pid_tag(run.tags.get(WORKER_PID_TAG)),
             )
         )
     verdicts = dead_runs(
@@ -74,6 +81,15 @@ def reap_dead_runs(
                 engine, verdict.document_id, TRANSIENT, f"{message}; a retry resumes it"
             )
     return len(runs), verdicts
+
+
+def this_process_tags() -> dict[str, str]:
+    """Tags for a run that this process runs itself (`execute_job`)."""
+    return {WORKER_HOST_TAG: socket.gethostname(), WORKER_PID_TAG: str(os.getpid())}
+
+
+def _pid_tag(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
 
 
 def _stale_after_tag(value: str | None) -> timedelta | None:

@@ -1,19 +1,33 @@
 """The instance's concurrency limits from dagster.yaml, on a real instance with its daemon: one
 active run per document (a second run of the same document waits in the queue), and the `ai`
-pool (steps that call the provider wait for a slot, across runs)."""
+pool (steps that call the provider wait for a slot, across runs); a killed run gives its slot
+back."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+
+import sqlalchemy as sa
 
 from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.db.registration import register_file
+from doc_pipeline.db.store import engine_for
 from doc_pipeline.instance import open_instance
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
 from doc_pipeline_tests.dagster_ui import launch_document_run
 from doc_pipeline_tests.fakes import FakeGemini
-from doc_pipeline_tests.processes import free_port, start_ui, stop_process_group, wait_until
+from doc_pipeline_tests.processes import (
+    free_port,
+    start_ingest,
+    start_ui,
+    stop_process_group,
+    wait_until,
+)
 
 BOOKS = [
     CORPUS / "epub" / "se-abbott-flatland.epub3.epub",
@@ -74,3 +88,70 @@ def test_one_active_run_per_document_and_ai_steps_share_the_pool(
     assert len(ai_steps) == 4
     for (_, ended, step), (started, _, next_step) in zip(ai_steps, ai_steps[1:], strict=False):
         assert started >= ended, f"{next_step} started while {step} still ran"
+
+
+def test_runs_killed_holding_ai_slots_before_their_first_heartbeat_do_not_block_the_next_ingest(
+    postgres_server, tmp_path
+):
+    """Two ingests are SIGKILLed after their run claimed an `ai` pool slot and before the step's
+    first heartbeat (held back by a lock on the heartbeats table). Each ingest finds the runs
+    before it dead by the pid their launcher named, fails them and frees their slots; the last
+    one finishes. (Judged by heartbeats alone, the two dead runs held both slots of the pool
+    for 30 minutes and the last ingest waited for them.)"""
+    database_url = create_database(postgres_server)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GOOGLE_API_KEY")}
+    env |= {"DOC_PIPELINE_HOME": str(home), "DATABASE_URL": database_url}
+    env.pop("GEMINI_API_KEY", None)
+    engine = prepare_app_database(Settings(home=home, database_url=database_url))
+    url = sa.engine.make_url(database_url)
+    dagster_engine = engine_for(
+        url.set(database=f"{url.database}_dagster").render_as_string(hide_password=False)
+    )
+
+    def slot_holders(besides: frozenset[str] = frozenset()) -> set[str]:
+        try:
+            with dagster_engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text("SELECT run_id FROM concurrency_slots WHERE run_id IS NOT NULL")
+                )
+                return {run_id for (run_id,) in rows} - besides
+        except sa.exc.SQLAlchemyError:
+            return set()  # the instance's database is not made yet
+
+    killed: frozenset[str] = frozenset()
+    with engine.connect() as lock:
+        lock.execute(sa.text("LOCK TABLE heartbeats IN SHARE MODE"))  # reads go on, beats wait
+        for _ in range(2):
+            process = start_ingest(env, BOOKS[0])
+            try:
+                holders = wait_until(
+                    lambda seen=killed: slot_holders(seen), 120, "a new run's slot", interval=0.02
+                )
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+            finally:
+                stop_process_group(process)
+            killed |= holders
+        lock.rollback()
+    assert len(killed) == 2 and slot_holders() and slot_holders() <= killed
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM heartbeats")).scalar() == 0
+
+    process = start_ingest(env, BOOKS[0])
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        stop_process_group(process)
+    assert process.returncode == 0, stderr[-3000:]
+    (outcome,) = json.loads(stdout)
+    assert outcome["stage"] == "connected" and outcome["chunks"] > 0
+    with dagster_engine.connect() as conn:
+        statuses = conn.execute(
+            sa.text("SELECT run_id, status FROM runs WHERE run_id = ANY(:ids)"),
+            {"ids": list(killed)},
+        ).all()
+    assert {status for _, status in statuses} == {"FAILURE"} and len(statuses) == 2
+    assert slot_holders() == set()
+    engine.dispose()
+    dagster_engine.dispose()

@@ -1,9 +1,12 @@
 """Which started runs are dead (DESIGN rule 5): decided from their heartbeats, never assumed.
 
-A run is reaped when the process that beat for it is gone (when it ran on this host), or when
-its newest heartbeat is older than `stale_after`, or when it never beat and started longer ago
-than that. A run that is alive, for example one blocked for 20 minutes in one AI call with its
-heartbeat thread still beating, is never reaped.
+A run is reaped when the process that runs it is gone (when it ran on this host): the one that
+beat for it, or, before its first beat, the one its launcher named (a run killed after it claimed
+an AI pool slot and before its first heartbeat would otherwise hold that slot for `stale_after`).
+It is also reaped when its newest heartbeat is older than `stale_after`, or when it never beat
+and started longer ago than that (unless its named worker is alive here: waiting for a pool slot
+is not silence). A run that is alive, for example one blocked for 20 minutes in one AI call with
+its heartbeat thread still beating, is never reaped.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class StartedRun:
     beat_host: str | None  # where that heartbeat came from
     beat_pid: int | None
     stale_after: timedelta | None = None  # this run's own limit (a job or run tag), if any
+    # The process its launcher said would run it (the CLI runs its runs in its own process).
+    worker_host: str | None = None
+    worker_pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,19 @@ def dead_runs(
     for run in runs:
         stale_after = run.stale_after or default_stale_after
         reason = None
-        if run.beat_host == this_host and run.beat_pid is not None and not pid_alive(run.beat_pid):
-            reason = f"its run worker (pid {run.beat_pid} on {this_host}) is gone"
+        host, pid = (
+            (run.beat_host, run.beat_pid)
+            if run.beat_pid is not None
+            else (run.worker_host, run.worker_pid)
+        )
+        watched = host == this_host and pid is not None
+        if watched and not pid_alive(pid):
+            reason = f"its run worker (pid {pid} on {this_host}) is gone"
         elif run.last_beat is None:
-            if run.started_at is not None and is_stale(run.started_at, now, stale_after):
-                reason = (
-                    f"it started {_minutes(now - run.started_at)} ago and never sent a heartbeat"
-                )
+            # A named worker alive here that never beat is waiting, e.g. for an `ai` pool slot.
+            started = run.started_at
+            if not watched and started is not None and is_stale(started, now, stale_after):
+                reason = f"it started {_minutes(now - started)} ago and never sent a heartbeat"
         elif is_stale(run.last_beat, now, stale_after):
             reason = (
                 f"its last heartbeat was {_minutes(now - run.last_beat)} ago "

@@ -41,6 +41,20 @@ def test_a_run_whose_worker_died_on_this_host_is_reaped_at_once():
     assert "pid 10" in reasons["r"] and "gone" in reasons["r"]
 
 
+def test_a_run_that_never_beat_is_reaped_at_once_when_its_named_worker_died_on_this_host():
+    # Killed after it claimed its AI pool slot and before its first heartbeat.
+    silent = StartedRun("r", "doc", NOW, None, None, None, worker_host="here", worker_pid=11)
+    assert "pid 11" in _judge(silent, alive=lambda pid: pid != 11)["r"]
+    assert _judge(silent, alive=lambda pid: True) == {}
+    # Alive and silent for an hour: waiting for a pool slot, not dead.
+    waiting = StartedRun(
+        "w", "doc", NOW - timedelta(minutes=60), None, None, None, worker_host="here", worker_pid=11
+    )
+    assert _judge(waiting, alive=lambda pid: True) == {}
+    elsewhere = StartedRun("r", "doc", NOW, None, None, None, worker_host="there", worker_pid=11)
+    assert _judge(elsewhere, alive=lambda pid: False) == {}
+
+
 def test_a_worker_on_another_host_is_judged_by_its_heartbeat_only():
     assert _judge(_run("r", beat_minutes_ago=1, host="there"), alive=lambda pid: False) == {}
 
