@@ -8,7 +8,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from doc_pipeline.concurrency import AI_POOL
-from doc_pipeline.db.server import DAGSTER_URL_ENV, database_urls
+from doc_pipeline.db.server import DAGSTER_URL_ENV, create_database_whole, database_urls
 from doc_pipeline.settings import HOME_ENV, Settings
 
 
@@ -20,18 +20,35 @@ def _instance_config_template() -> Path:
 def dagster_environment(settings: Settings) -> dict[str, str]:
     """Environment variables under which Dagster finds this project's instance and databases.
 
-    Starts the embedded Postgres if it is needed and not running."""
+    Starts the embedded Postgres if it is needed and not running, and makes the instance's
+    database if it is missing (whole or not at all: see `create_database_whole`)."""
     settings.ensure_dirs()
     urls = database_urls(settings)
     config = _instance_config_template().read_text()
     target = settings.dagster_home / "dagster.yaml"
     if not target.exists() or target.read_text() != config:
         target.write_text(config)
-    return {
+    environment = {
         "DAGSTER_HOME": str(settings.dagster_home),
         DAGSTER_URL_ENV: urls.dagster,
         HOME_ENV: str(settings.home),
     }
+
+    def create_instance_storage(scratch_url: str) -> None:
+        # Dagster makes its tables when an instance first opens its database.
+        saved = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment | {DAGSTER_URL_ENV: scratch_url})
+        try:
+            DagsterInstance.get().dispose()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    create_database_whole(urls.admin, urls.dagster, create_instance_storage)
+    return environment
 
 
 def open_instance(settings: Settings) -> DagsterInstance:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,6 +34,8 @@ class DatabaseUrls:
     # `NOTIFY channel, %(param)s`, which psycopg 3's server-side binding rejects.
     dagster: str
     embedded_pid: int | None  # postmaster pid when the embedded server is in use
+    # Where databases are created from: the embedded server's `postgres`, or the app database.
+    admin: str = ""
 
 
 def _with_driver(url: str, driver: str) -> str:
@@ -75,9 +78,49 @@ def _start_embedded(pgdata: Path) -> tuple[str, int]:
     return server.get_uri(database="postgres", driver="psycopg"), server.get_pid()
 
 
+def create_database_whole(admin_url: str, url: str, fill: Callable[[str], None]) -> None:
+    """Create the database of `url`, if it is missing, whole or not at all: `fill(scratch_url)`
+    makes its schema in a scratch database, which is then renamed to its name. A scratch left by
+    a process killed while filling one is dropped and made again. (Dagster creates its tables
+    one autocommitted statement at a time: killed halfway, it left a database that it took for
+    made and could not use.) Processes doing this at once wait for one another."""
+    name = make_url(url).database
+    scratch = f"{name}_creating"
+    admin = sa.create_engine(
+        _with_driver(admin_url, "psycopg"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
+    exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
+    lock_key = sa.text("SELECT hashtext(:name)")
+    try:
+        with admin.connect() as conn:
+            if conn.execute(exists, {"name": name}).scalar():
+                return
+            key = conn.execute(lock_key, {"name": name}).scalar_one()
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                if conn.execute(exists, {"name": name}).scalar():
+                    return  # made by the process we waited for
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
+                conn.execute(sa.text(f'CREATE DATABASE "{scratch}"'))
+                fill(make_url(url).set(database=scratch).render_as_string(hide_password=False))
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = :scratch AND pid <> pg_backend_pid()"
+                    ),
+                    {"scratch": scratch},
+                )
+                conn.execute(sa.text(f'ALTER DATABASE "{scratch}" RENAME TO "{name}"'))
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        admin.dispose()
+
+
 @cache
 def resolve_database_urls(home: Path, database_url: str | None) -> DatabaseUrls:
-    """Start the embedded server if needed, create the two databases, and return their URLs."""
+    """Start the embedded server if needed, create the app database, and return the URLs of it
+    and of the Dagster instance's database (made by `doc_pipeline.instance`)."""
     if database_url:
         app_url = _with_driver(database_url, "psycopg")
         parsed = make_url(app_url)
@@ -85,19 +128,18 @@ def resolve_database_urls(home: Path, database_url: str | None) -> DatabaseUrls:
             parsed.set(database=f"{parsed.database}_dagster").render_as_string(hide_password=False),
             "psycopg2",
         )
-        _create_database_if_missing(app_url, make_url(dagster_url).database)
-        return DatabaseUrls(app=app_url, dagster=dagster_url, embedded_pid=None)
+        return DatabaseUrls(app=app_url, dagster=dagster_url, embedded_pid=None, admin=app_url)
 
     server_url, pid = _start_embedded(Settings(home=home, database_url=None).pgdata)
     base = make_url(server_url)
-    for name in (APP_DATABASE, DAGSTER_DATABASE):
-        _create_database_if_missing(server_url, name)
+    _create_database_if_missing(server_url, APP_DATABASE)
     return DatabaseUrls(
         app=base.set(database=APP_DATABASE).render_as_string(hide_password=False),
         dagster=_with_driver(
             base.set(database=DAGSTER_DATABASE).render_as_string(hide_password=False), "psycopg2"
         ),
         embedded_pid=pid,
+        admin=server_url,
     )
 
 
