@@ -291,18 +291,25 @@ class Home:
             values[entry["label"]] = data.get("value", data.get("text"))
         return values
 
-    def new_texts(self, document_id: str) -> int:
-        """Distinct texts among the document's vectors that no other document's vector has:
-        what its embeddings had to pay for (a count to check `embedded_now` against)."""
+    def text_keys(self, document_id: str | None = None) -> set[str]:
+        """The text keys of the vectors (of one document, or of all)."""
         import sqlalchemy as sa
 
-        query = sa.text(
-            "SELECT count(DISTINCT e.text_sha256) FROM embeddings e WHERE e.document_id = :doc"
-            " AND NOT EXISTS (SELECT 1 FROM embeddings o WHERE o.text_sha256 = e.text_sha256"
-            " AND o.model = e.model AND o.document_id <> :doc)"
-        )
+        query = "SELECT DISTINCT text_sha256 FROM embeddings"
+        if document_id:
+            query += " WHERE document_id = :doc"
         with self.engine.connect() as conn:
-            return conn.execute(query, {"doc": document_id}).scalar()
+            return set(conn.scalars(sa.text(query), {"doc": document_id}))
+
+    def chunk_ids(self, document_id: str) -> set[str]:
+        import sqlalchemy as sa
+
+        with self.engine.connect() as conn:
+            return set(
+                conn.scalars(
+                    sa.text("SELECT id FROM chunks WHERE document_id = :doc"), {"doc": document_id}
+                )
+            )
 
     def markdown(self, document_id: str) -> str:
         path = self.path / "blobs" / "outputs" / "extracted_markdown" / f"{document_id}.json"
@@ -827,6 +834,7 @@ def ingest_figures(home: Home, fake, book: Path) -> dict:
     what its `embeddings` materialization embedded."""
     fake.clear_requests()
     last_id = home.last_call_id()
+    texts_before = home.text_keys()
     started = time.perf_counter()
     (outcome,) = home.ingest([book])
     seconds = time.perf_counter() - started
@@ -857,7 +865,11 @@ def ingest_figures(home: Home, fake, book: Path) -> dict:
         "embedded_now": embeddings["embedded_now"],
         "reused_vectors": embeddings["reused_vectors"],
         "vectors": embeddings["vectors"],
-        "new_texts": home.new_texts(document_id),
+        "version": outcome.get("version", 1),
+        # Texts among the document's vectors that no vector had before this ingest: what its
+        # embeddings had to pay for (a count to check `embedded_now` against).
+        "new_texts": len(home.text_keys(document_id) - texts_before),
+        "chunk_ids": sorted(home.chunk_ids(document_id)),
         # ai_calls rows of this ingest charged to another document (expected: none)
         "other_documents": sorted({r["document_id"] for r in rows} - {document_id}),
     }
@@ -873,9 +885,11 @@ def edit_case(root: Path, fake, case: str, edit: dict, original: Path) -> dict:
     fake.clear_faults()
     with fresh_home(root, f"edit-{case}", fake.base_url) as home:
         first = ingest_figures(home, fake, original)
+        before = home.markdown(first["document_id"])  # the edit is a new version of it
         edited = ingest_figures(home, fake, edit["file"])
-        before, after = (home.markdown(f["document_id"]) for f in (first, edited))
-        diff = markdown_diff(before, after)
+        diff = markdown_diff(before, home.markdown(edited["document_id"]))
+        edited["same_document"] = edited["document_id"] == first["document_id"]
+        edited["ids_kept"] = len(set(first["chunk_ids"]) & set(edited["chunk_ids"]))
     with fresh_home(root, f"fresh-{case}", fake.base_url) as home:
         fresh = ingest_figures(home, fake, edit["file"])
     ratios = {
@@ -1042,9 +1056,17 @@ def print_edits(edits: dict) -> None:
     checked = all(f["new_texts"] == f["embedded_now"] for f in ingests)
     print(
         f"every one of the {len(ingests)} ingests ended {' / '.join(stages)}; embedded_now"
-        f" {'equals' if checked else 'differs from'} the count of the document's texts with no"
-        " vector in another document"
+        f" {'equals' if checked else 'differs from'} the count of the document's texts that had"
+        " no vector before its ingest"
     )
+    for case, c in edits["cases"].items():
+        e = c["edit"]
+        what = f"version {e['version']} of the original" if e["same_document"] else "a new one"
+        print(
+            f"  {case}: {what},"
+            f" {e['ids_kept']} of its {e['chunks']} chunk ids kept from the original's"
+            f" {c['original']['chunks']}"
+        )
     originals = {c["original"]["usd"] for c in edits["cases"].values()}
     if len(originals) > 1:
         print(f"  note: the original's fresh ingest cost differed between homes: {originals}")
@@ -1056,7 +1078,7 @@ def print_edits(edits: dict) -> None:
             if f["new_texts"] != f["embedded_now"]:
                 print(
                     f"  note: {case} {label}: embedded_now {f['embedded_now']}, but"
-                    f" {f['new_texts']} of its texts have no vector in another document"
+                    f" {f['new_texts']} of its texts had no vector before its ingest"
                 )
         if c["edit"]["chunks"] != c["fresh"]["chunks"]:
             print(

@@ -101,16 +101,22 @@ with warnings.catch_warnings():
         additional_ins={"extracted_markdown": AssetIn("extracted_markdown")},
     )
     def chunks_cover_markdown(
-        context: AssetCheckExecutionContext, extracted_markdown: dict, app_database: AppDatabase
+        context: AssetCheckExecutionContext,
+        chunks: dict,
+        extracted_markdown: dict,
+        app_database: AppDatabase,
     ) -> AssetCheckResult:
         """Blocking. The document's chunks, in chunk_index order (0..n-1), partition the
         extracted markdown (the `extracted_markdown` output, loaded through the IO manager):
         each chunk's content is markdown[start_offset:end_offset], spans do not overlap and
         follow each other, and every non-whitespace character is in exactly one chunk. A
-        failure stops the run before `embeddings`."""
+        failure stops the run before `embeddings`. For a new version of a document, its chunks
+        (in the `chunks` output, not written until it supersedes) are checked."""
         document_id = context.partition_key
         markdown = extracted_markdown["markdown"]
-        problems = integrity.chunk_coverage_problems(app_database.engine, document_id, markdown)
+        problems = integrity.chunk_coverage_problems(
+            app_database.engine, document_id, markdown, chunks.get("pending_rows")
+        )
         result = _problems_result(
             problems,
             "the chunks' coverage of the markdown",

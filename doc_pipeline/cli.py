@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -138,8 +139,22 @@ def ingest(
     provider: ProviderOption = None,
     config: ConfigOption = None,
     verbose: VerboseOption = False,
+    version_of: Annotated[
+        str | None,
+        typer.Option(
+            "--version-of",
+            metavar="DOCUMENT",
+            help="The one file is a new version of this document (its id or first characters):"
+            " it supersedes the current version once processed, paying only for what changed.",
+        ),
+    ] = None,
 ) -> None:
     """Register books and run them through the pipeline; prints a summary per document.
+
+    A file with the same bytes as one already registered is that version (nothing is paid
+    again). A file that carries a registered book's identifier (EPUB unique identifier, PDF
+    document ID) and shares most of its text is a new version of that document; so is a file
+    given with --version-of.
 
     Runs go through the persistent Dagster instance, so they show in `doc-pipeline ui`. A
     document that fails as expected (a file that is not a book, an outage, a refused answer)
@@ -159,6 +174,13 @@ def ingest(
         )
         raise typer.Exit(2)
     settings = _settings()
+    if version_of is not None:
+        if len(files) != 1:
+            err.print(f"[red]--version-of takes one file, not {len(files)}[/red]")
+            raise typer.Exit(2)
+        from doc_pipeline.db.app import prepare_app_database
+
+        version_of = _resolve_document(prepare_app_database(settings), version_of)
     progress = Progress(
         TextColumn("{task.fields[name]}", style="bold"),
         BarColumn(),
@@ -196,6 +218,7 @@ def ingest(
         settings,
         run_config=_read_run_config(config) if config else {},
         verbose=verbose,
+        version_of=version_of,
         on_registered=registered,
         on_run_finished=finished,
     )
@@ -341,9 +364,10 @@ def _print_outcomes(outcomes) -> None:
     table = _documents_table(*columns, title="doc-pipeline ingest")
     for o in outcomes:
         stage = f"[red]{o.stage}[/red]" if o.failed else o.stage
+        title = o.title or Path(o.source_file).name
         cells = [
             o.document_id or "-",
-            o.title or Path(o.source_file).name,
+            f"{title} (version {o.version})" if o.version > 1 else title,
             stage,
             str(o.chunks),
             str(o.connections),
@@ -401,12 +425,13 @@ def status(
         out.print("No documents yet. Add some with `doc-pipeline ingest PATH`.")
         return
     show_cost = any(row["ai_cost_usd"] for row in rows)
-    columns = ["document", "title", "stage", "progress", "chunks", "embedded", "connections"]
-    table = _documents_table(*columns, *(["AI $"] if show_cost else []))
+    columns = ["document", "title", "version", "stage", "progress", "chunks", "embedded"]
+    table = _documents_table(*columns, "connections", *(["AI $"] if show_cost else []))
     for row in rows:
         cells = [
             row["id"],
             row["title"] or row["source_file"],
+            _version_cell(row),
             "[red]failed[/red]" if row["stage"] == "failed" else row["stage"],
             _progress(row["stage"]),
             str(row["chunks"]),
@@ -439,6 +464,15 @@ _STAGES_DONE = {
 }
 
 
+def _version_cell(row: dict) -> str:
+    """The current version of how many, and the newer one being processed if any."""
+    current = row["current_version"]
+    shown = f"{current or '-'} of {row['versions']}"
+    if row["version"] != current and current is not None:
+        shown += f" (v{row['version']} {'failed' if row['stage'] == 'failed' else 'processing'})"
+    return shown
+
+
 def _progress(stage: str) -> str:
     done = _STAGES_DONE.get(stage)
     return "-" if done is None else f"{'█' * done}{'░' * (4 - done)} {done}/4"
@@ -467,6 +501,28 @@ def _print_details(details: dict) -> None:
             f"pid {beat['pid']} on {beat['host']}, {state})",
         )
     table.add_row("attempts", f"{details['attempts']} run(s) worked on it")
+    for version in details["version_history"]:
+        number = version["version"]
+        if number == details["current_version"]:
+            state = f"current since {when(version['current_since'])}"
+        elif version["superseded_at"]:
+            state = f"superseded {when(version['superseded_at'])}"
+        elif number == details["version"]:
+            state = "newest, not current yet" if details["stage"] != "failed" else "failed"
+        else:
+            state = "never current (a newer version arrived first)"
+        changes = version["changes"] or {}
+        changed = (
+            f"; kept {changes['kept']}, added {changes['added']}, removed {changes['removed']}"
+            " chunks"
+            if changes.get("superseded") is not None
+            else ""
+        )
+        table.add_row(
+            f"version {number}",
+            f"{version['source_file']} ({version['byte_size']} bytes), arrived "
+            f"{when(version['registered_at'])}, {state}{changed}",
+        )
     table.add_row("chunks", str(details["chunks"]))
     table.add_row("connections", str(details["connections"]))
     table.add_row("AI", f"${details['ai_cost_usd']:.4f} paid, ${details['ai_saved_usd']:.4f} saved")
@@ -593,13 +649,39 @@ def _print_costs(rows: list[dict], total: dict, *, by_run: bool) -> None:
 @app.command()
 def export(
     document: Annotated[str, typer.Argument(help="A document id (or its first characters).")],
+    version: Annotated[
+        int | None,
+        typer.Option(
+            "--version",
+            help="Write the source file of this version of the document (see `status DOCUMENT`)"
+            " to standard output instead, byte for byte; superseded versions are kept.",
+        ),
+    ] = None,
 ) -> None:
-    """Print a document's chunks as JSON lines: id, index, content, heading path, metadata, and
-    connections in both directions (to chunks of other documents, strongest first)."""
+    """Print a document's chunks (those of its current version) as JSON lines: id, index,
+    content, heading path, metadata, and connections in both directions (to chunks of other
+    documents, strongest first)."""
+    from doc_pipeline.core.book_files import stored_source_path
+    from doc_pipeline.core.ids import document_id_for
     from doc_pipeline.db import store
 
     engine = _app_engine()
     document_id = _resolve_document(engine, document)
+    if version is not None:
+        versions = {v["version"]: v for v in store.versions_of(engine, document_id)}
+        if version not in versions:
+            err.print(
+                f"[red]document {document_id} has no version {version} "
+                f"(it has {', '.join(map(str, versions))})[/red]"
+            )
+            raise typer.Exit(2)
+        chosen = versions[version]
+        path = stored_source_path(
+            _settings().blob_dir, document_id_for(chosen["content_sha256"]), chosen["source_file"]
+        )
+        with path.open("rb") as source:
+            shutil.copyfileobj(source, sys.stdout.buffer)
+        return
     connections = store.connections_of_document(engine, document_id)
     for chunk in store.load_chunks(engine, document_id):
         record = {

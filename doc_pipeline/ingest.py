@@ -51,6 +51,7 @@ def document_job() -> JobDefinition:
 class IngestOutcome:
     source_file: str
     document_id: str | None = None
+    version: int = 1  # of the document: a new version of a known one is 2 or more
     title: str | None = None
     stage: str = "pending"
     chunks: int = 0
@@ -60,7 +61,9 @@ class IngestOutcome:
     ai_saved_usd: float = 0.0  # answered from the AI ledger instead of paid again
     error_class: str | None = None
     error_message: str | None = None
-    warnings: list[str] = field(default_factory=list)  # what extraction skipped or repaired
+    # What extraction skipped or repaired, and what registration decided against (an
+    # identifier shared with a different book).
+    warnings: list[str] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     # The trace of a failure that was not expected (a bug), from the run's event log.
     unexpected_error: str | None = None
@@ -81,6 +84,8 @@ class Ingestion:
     # Dagster run config for every run, e.g. {"resources": {"provider": {"config": {...}}}}.
     run_config: dict = field(default_factory=dict)
     verbose: bool = False  # Dagster's own log lines in the terminal, traces included
+    # The document that the (one) file is a new version of, as the user said.
+    version_of: str | None = None
     on_registered: Callable[[IngestOutcome], None] = lambda outcome: None
     on_run_finished: Callable[[IngestOutcome], None] = lambda outcome: None
     # Runs of earlier, killed ingests that this one found dead and failed before it started.
@@ -89,6 +94,7 @@ class Ingestion:
     outage: str | None = None
     # Documents whose failure is known here but may not be in the database (it was down).
     failed_here: dict[str, tuple[str, str]] = field(default_factory=dict)
+    registration_warnings: dict[str, list[str]] = field(default_factory=dict)
 
     def run(self, files: list[Path]) -> list[IngestOutcome]:
         """Process the files (see `find_book_files`), each document once."""
@@ -138,8 +144,12 @@ class Ingestion:
         for path in files:
             outcome = IngestOutcome(source_file=str(path))
             try:
-                registered = register_file(engine, self.settings.blob_dir, path)
+                registered = register_file(
+                    engine, self.settings.blob_dir, path, version_of=self.version_of
+                )
                 outcome.document_id = registered.document_id
+                outcome.version = registered.version
+                self.registration_warnings[registered.document_id] = list(registered.warnings)
             except StorageWriteError as error:  # the blob store's disk, not the file
                 outcome.stage = "failed"
                 outcome.error_class = classify(error)
@@ -150,7 +160,8 @@ class Ingestion:
                 outcome.error_message = f"{path}: cannot read the file ({error.strerror or error})"
             outcomes.append(outcome)
             self.on_registered(outcome)
-        # The same content under two names is one document: keep the first name's outcome.
+        # The same content under two names is one document (and two versions of one document
+        # are processed as its newest): keep the first name's outcome.
         seen: set[str] = set()
         unique = []
         for outcome in outcomes:
@@ -235,7 +246,10 @@ class Ingestion:
             outcome.connections = row["connections"]
             outcome.error_class = row["error_class"]
             outcome.error_message = row["error_message"]
-            outcome.warnings = list(row["extraction_warnings"])
+            outcome.warnings = [
+                *self.registration_warnings.get(outcome.document_id, []),
+                *row["extraction_warnings"],
+            ]
             outcome.ai_cost_usd, outcome.ai_saved_usd = costs.get(outcome.document_id, (0.0, 0.0))
             if outcome.document_id in self.failed_here:
                 # The database may still show the stage that the outage interrupted.

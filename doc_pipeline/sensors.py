@@ -112,9 +112,10 @@ connections_automation = AutomationConditionSensorDefinition(
     description=(
         "Registers files dropped into the uploads location (`uploads.url`, by default "
         "$DOC_PIPELINE_HOME/uploads) once they are completely written, by content hash: the "
-        "same file twice is one document, a changed file a new one. Requests one run per new "
-        "document (run key = content hash); a file that is not a book fails that run as invalid "
-        "input, once."
+        "same file twice is one version; a changed file under the same name, or with the same "
+        "book identifier, is a new version of its document, otherwise a new document. Requests "
+        "one run per new version (run key = content hash); a file that is not a book fails that "
+        "run as invalid input, once."
     ),
 )
 def uploads_sensor(
@@ -134,7 +135,10 @@ def uploads_sensor(
     for file in seen.ready:
         try:
             with uploads.local_copy(file.path) as local:
-                registered = register_file(engine, source_store.blob_dir, local)
+                # Its name there is an identity: the same name again is a new version.
+                registered = register_file(
+                    engine, source_store.blob_dir, local, upload_name=file.path
+                )
         except FileNotFoundError:
             context.log.info(f"{file.path}: removed before it could be read")
             seen.state.pop(file.path, None)
@@ -146,8 +150,15 @@ def uploads_sensor(
                 f"({document['source_file']}, {document['stage']}); nothing to do"
             )
             continue
-        context.log.info(f"{file.path}: document {registered.document_id}")
-        new_partitions.append(registered.document_id)
+        for warning in registered.warnings:
+            context.log.warning(f"{file.path}: {warning}")
+        if registered.version > 1:
+            context.log.info(
+                f"{file.path}: version {registered.version} of document {registered.document_id}"
+            )
+        else:
+            context.log.info(f"{file.path}: document {registered.document_id}")
+            new_partitions.append(registered.document_id)
         requests.append(
             RunRequest(
                 run_key=f"upload-{registered.content_sha256}",
@@ -164,7 +175,9 @@ def uploads_sensor(
     return SensorResult(
         run_requests=requests,
         cursor=cursor,
-        dynamic_partitions_requests=[documents_partitions.build_add_request(new_partitions)],
+        dynamic_partitions_requests=[documents_partitions.build_add_request(new_partitions)]
+        if new_partitions
+        else [],
     )
 
 

@@ -35,8 +35,16 @@ class GeminiPipeline:
     def start_ingest(self, *books: Path) -> subprocess.Popen:
         return start_ingest(self.env, *books)
 
-    def ingest(self, *books: Path, expect_exit: int = 0, fast_retries: bool = False) -> dict:
-        args = [*books, "--config", str(self.write_fast_retries())] if fast_retries else books
+    def ingest(
+        self,
+        *books: Path,
+        expect_exit: int = 0,
+        fast_retries: bool = False,
+        extra_args: tuple | list = (),
+    ) -> dict:
+        args = [*books, *extra_args]
+        if fast_retries:
+            args += ["--config", str(self.write_fast_retries())]
         process = self.start_ingest(*args)
         try:
             stdout, stderr = process.communicate(timeout=600)

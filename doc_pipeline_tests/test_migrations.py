@@ -5,6 +5,8 @@ from doc_pipeline.db import migrate
 
 TABLES = {
     "documents",
+    "document_versions",
+    "document_identities",
     "chunks",
     "embeddings",
     "connections",
@@ -131,5 +133,72 @@ def test_vectors_made_by_the_previous_release_get_their_text_keys(empty_database
             columns = {c["name"] for c in sa.inspect(conn).get_columns("embeddings")}
             count = conn.execute(sa.text("SELECT count(*) FROM embeddings")).scalar_one()
         assert "text_sha256" not in columns and count == 1
+    finally:
+        engine.dispose()
+
+
+def test_documents_made_by_the_previous_release_become_their_first_version(empty_database_url):
+    """A database at 0006 (the previous release) with a chunked document and one never chunked:
+    0007 makes each its version 1, current for the one with chunks; its downgrade gives the
+    documents their current version's content again and keeps every row."""
+    url = empty_database_url
+    migrate.upgrade(url, "0006")
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO documents (id, content_sha256, source_file, byte_size)"
+                    " VALUES ('done', repeat('a', 64), 'a.epub', 100),"
+                    " ('fresh', repeat('b', 64), 'b.pdf', 200)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO chunks (id, document_id, chunk_index, content, start_offset,"
+                    " end_offset, word_count, char_count, heading_path)"
+                    " VALUES ('c1', 'done', 0, 'text', 0, 4, 1, 4, '{}')"
+                )
+            )
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            documents = conn.execute(
+                sa.text("SELECT id, version, current_version FROM documents ORDER BY id")
+            ).all()
+            versions = conn.execute(
+                sa.text(
+                    "SELECT document_id, version, content_sha256, source_file, byte_size"
+                    " FROM document_versions ORDER BY document_id"
+                )
+            ).all()
+        assert documents == [("done", 1, 1), ("fresh", 1, None)]
+        assert versions == [
+            ("done", 1, "a" * 64, "a.epub", 100),
+            ("fresh", 1, "b" * 64, "b.pdf", 200),
+        ]
+        # A second version of `done` arrives; `done` is then downgraded while version 1 is
+        # still current: the document keeps version 1's content.
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO document_versions (document_id, version, content_sha256,"
+                    " source_file, byte_size) VALUES ('done', 2, repeat('c', 64), 'a.epub', 101)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "UPDATE documents SET version = 2, content_sha256 = repeat('c', 64),"
+                    " byte_size = 101 WHERE id = 'done'"
+                )
+            )
+        migrate.downgrade(url, "0006")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, content_sha256, byte_size FROM documents ORDER BY id")
+            ).all()
+            chunks = conn.execute(sa.text("SELECT count(*) FROM chunks")).scalar_one()
+        assert rows == [("done", "a" * 64, 100), ("fresh", "b" * 64, 200)] and chunks == 1
+        migrate.upgrade(url)
+        assert migrate.current_revision(url) == migrate.head_revision()
     finally:
         engine.dispose()

@@ -88,13 +88,17 @@ def test_new_duplicate_partial_and_junk_files(uploads_home):
     _, cursor = _tick(instance, cursor)
     fourth, cursor = _tick(instance, cursor)
     names = sorted(r.tags["doc_pipeline/upload"] for r in _requests(fourth))
-    # The copy is the same document as before: no run. The changed file is a new version.
+    # The copy is the same version as before: no run. The changed file, saved under the same
+    # name, is version 2 of the same document: the same partition, a run of its own.
     assert names == ["flatland.epub", "rabbit.epub"]
     new_flatland = next(
         r for r in _requests(fourth) if r.tags["doc_pipeline/upload"] == "flatland.epub"
     )
-    assert new_flatland.partition_key != flatland.partition_key
-    assert len(store.document_summaries(engine)) == 4  # flatland, notes, rabbit, flatland v2
+    assert new_flatland.partition_key == flatland.partition_key
+    assert new_flatland.run_key != flatland.run_key
+    document = store.get_document(engine, flatland.partition_key)
+    assert document["version"] == 2 and document["byte_size"] == len(changed)
+    assert len(store.document_summaries(engine)) == 3  # flatland (2 versions), notes, rabbit
 
 
 def test_any_fsspec_location_works(uploads_home):

@@ -34,7 +34,11 @@ def chunks(
     provider: Provider,
 ) -> dict:
     """Chunks of the markdown with stable ids and metadata, written by difference in one
-    transaction. AI requests go through the ledger, so a retry pays only for what is new."""
+    transaction. AI requests go through the ledger, so a retry pays only for what is new.
+
+    A new version of a document with a current one is not written here: its rows go to the
+    embeddings step, which supersedes the current version in one transaction once they have
+    vectors, so that until then the current version stays whole."""
     document_id = context.partition_key
     engine = app_database.engine
     scope = ledger_scope(context, app_database, provider, "chunks")
@@ -48,11 +52,24 @@ def chunks(
         if not pieces:
             raise InvalidBookError(f"{extracted_markdown['title']}: no text to chunk")
         rows = chunk_rows(document_id, pieces, extracted_markdown.get("page_starts", ()))
-        counts = store.write_chunks(engine, document_id, rows)
+        version = extracted_markdown.get("version", 1)
+        current = store.current_version(engine, document_id)
+        pending = current is not None and current != version
+        if pending:
+            counts = store.compare_chunks(engine, document_id, rows)
+        else:
+            try:
+                counts = store.write_chunks(engine, document_id, rows, version)
+            except store.SupersededError as newer:  # a newer version's run finished first
+                context.log.warning(str(newer))
+                counts = store.WriteCounts()
     sizes = [row["word_count"] for row in rows]
     context.add_output_metadata(
         {
             "provider": provider.name,
+            "version": MetadataValue.int(version),
+            # A new version: what it changes, applied when the embeddings step supersedes.
+            **({"supersedes_version": MetadataValue.int(current)} if pending else {}),
             "chunks": MetadataValue.int(len(rows)),
             "dagster/row_count": MetadataValue.int(len(rows)),
             **{f"rows_{k}": MetadataValue.int(v) for k, v in counts.as_dict().items()},
@@ -63,4 +80,10 @@ def chunks(
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
         }
     )
-    return {"document_id": document_id, "chunk_ids": [row["id"] for row in rows]}
+    return {
+        "document_id": document_id,
+        "version": version,
+        "chunk_ids": [row["id"] for row in rows],
+        # The rows of a version that is not current yet, for the embeddings step to write.
+        "pending_rows": rows if pending else None,
+    }

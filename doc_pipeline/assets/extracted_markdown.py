@@ -75,6 +75,7 @@ def extracted_markdown(
     )
     return {
         "document_id": document_id,
+        "version": source_document.get("version", 1),
         "title": book.title,
         "author": book.author,
         "language": book.language,

@@ -10,7 +10,9 @@ none of those is queried here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,13 +54,22 @@ def _difference(content: str, markdown: str, start: int, end: int) -> str:
 # --- chunks ------------------------------------------------------------------------------
 
 
-def chunk_coverage_problems(engine: Engine, document_id: str, markdown: str) -> list[str]:
+def chunk_coverage_problems(
+    engine: Engine,
+    document_id: str,
+    markdown: str,
+    pending_rows: Sequence[Mapping[str, Any]] | None = None,
+) -> list[str]:
     """How the document's chunks, in chunk_index order, fail to partition the markdown.
 
     Sound chunks are numbered 0..n-1, each is the non-empty span markdown[start:end] it claims
     (so its char_count is its length), the spans follow each other without overlapping, and
     whatever lies between, before or after them is whitespace: every non-whitespace character
-    is in exactly one chunk."""
+    is in exactly one chunk. `pending_rows`: the chunks of a new version, not written yet, are
+    checked instead of the current version's."""
+    if pending_rows is not None:
+        ordered = sorted(pending_rows, key=lambda r: (r["chunk_index"], r["start_offset"]))
+        return _coverage_problems([SimpleNamespace(**row) for row in ordered], markdown)
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(
@@ -72,6 +83,10 @@ def chunk_coverage_problems(engine: Engine, document_id: str, markdown: str) -> 
             .where(Chunk.document_id == document_id)
             .order_by(Chunk.chunk_index, Chunk.start_offset)
         ).all()
+    return _coverage_problems(rows, markdown)
+
+
+def _coverage_problems(rows: Sequence[Any], markdown: str) -> list[str]:
     if not rows:
         return ["the document has no chunks"] if markdown.strip() else []
     problems: list[str] = []

@@ -33,15 +33,22 @@ class Base(DeclarativeBase):
 
 
 class Document(Base):
+    """A document (the Dagster partition): stable across its versions. `content_sha256`,
+    `source_file` and `byte_size` are those of its newest version (`version`), the one its runs
+    process; its chunks are those of `current_version`, which a newer version supersedes in one
+    transaction once its chunks and vectors are made."""
+
     __tablename__ = "documents"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # from the content hash
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # from its first content hash
     content_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     title: Mapped[str | None] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(35))
     source_file: Mapped[str] = mapped_column(Text)  # the name it was uploaded under
     byte_size: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    current_version: Mapped[int | None] = mapped_column(Integer)  # None: no chunks yet
     stage: Mapped[str] = mapped_column(String(16), default="pending")
     registered_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
@@ -61,6 +68,41 @@ class Document(Base):
     markup_errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class DocumentVersion(Base):
+    """One content of a document: a file that arrived, by its bytes. Identical bytes are one
+    version; its stored copy is named by its own content hash and kept when superseded."""
+
+    __tablename__ = "document_versions"
+
+    document_id: Mapped[str] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    source_file: Mapped[str] = mapped_column(Text)
+    byte_size: Mapped[int] = mapped_column(Integer)
+    registered_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    current_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What superseding the previous version changed: {"kept", "added", "removed"} chunks.
+    changes: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class DocumentIdentity(Base):
+    """What makes a new file a version of a document: the book's own identifier (`epub:…`,
+    `pdf:…`, `xmp:…`) or its name in the uploads location (`upload:…`). Not unique: two books
+    that share an identifier by mistake are two documents."""
+
+    __tablename__ = "document_identities"
+
+    identity: Mapped[str] = mapped_column(Text, primary_key=True)
+    document_id: Mapped[str] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True, index=True
     )
 
 

@@ -21,7 +21,16 @@ from sqlalchemy.engine import Engine
 
 from doc_pipeline.core.edges import Edge
 from doc_pipeline.core.stages import STAGE_TIMESTAMPS, stage_change
-from doc_pipeline.db.models import AICall, Chunk, Connection, Document, Embedding, Heartbeat
+from doc_pipeline.db.models import (
+    AICall,
+    Chunk,
+    Connection,
+    Document,
+    DocumentIdentity,
+    DocumentVersion,
+    Embedding,
+    Heartbeat,
+)
 
 
 @cache
@@ -52,9 +61,16 @@ class WriteCounts:
 
 
 def register_document(
-    engine: Engine, *, document_id: str, content_sha256: str, source_file: str, byte_size: int
+    engine: Engine,
+    *,
+    document_id: str,
+    content_sha256: str,
+    source_file: str,
+    byte_size: int,
+    identities: Sequence[str] = (),
 ) -> bool:
-    """Insert the document if it is new; True when it was. A known document is left alone."""
+    """Insert the document with its first version if it is new; True when it was. A known
+    document is left alone."""
     statement = (
         insert(Document)
         .values(
@@ -63,11 +79,134 @@ def register_document(
             source_file=source_file,
             byte_size=byte_size,
             stage="pending",
+            version=1,
         )
         .on_conflict_do_nothing(index_elements=["id"])
+        .returning(Document.id)
     )
     with engine.begin() as conn:
-        return conn.execute(statement).rowcount == 1
+        if conn.execute(statement).first() is None:
+            return False
+        conn.execute(
+            insert(DocumentVersion).values(
+                document_id=document_id,
+                version=1,
+                content_sha256=content_sha256,
+                source_file=source_file,
+                byte_size=byte_size,
+            )
+        )
+        _add_identities(conn, document_id, identities)
+        return True
+
+
+def add_version(
+    engine: Engine,
+    document_id: str,
+    *,
+    content_sha256: str,
+    source_file: str,
+    byte_size: int,
+    identities: Sequence[str] = (),
+) -> int:
+    """Register new content of a known document as its newest version (the one its next run
+    processes); returns its number. Its chunks stay those of the current version until the new
+    one supersedes it."""
+    with engine.begin() as conn:
+        lock_document(conn, document_id)
+        known = conn.execute(
+            sa.select(DocumentVersion.version).where(
+                DocumentVersion.content_sha256 == content_sha256
+            )
+        ).scalar()
+        if known is not None:
+            return known
+        version = (
+            1
+            + conn.execute(
+                sa.select(sa.func.max(DocumentVersion.version)).where(
+                    DocumentVersion.document_id == document_id
+                )
+            ).scalar_one()
+        )
+        conn.execute(
+            insert(DocumentVersion).values(
+                document_id=document_id,
+                version=version,
+                content_sha256=content_sha256,
+                source_file=source_file,
+                byte_size=byte_size,
+            )
+        )
+        conn.execute(
+            sa.update(Document)
+            .where(Document.id == document_id)
+            .values(
+                content_sha256=content_sha256,
+                source_file=source_file,
+                byte_size=byte_size,
+                version=version,
+                **stage_change("pending", datetime.now(UTC)),
+            )
+        )
+        _add_identities(conn, document_id, identities)
+    return version
+
+
+def _add_identities(conn: sa.Connection, document_id: str, identities: Sequence[str]) -> None:
+    if identities:
+        conn.execute(
+            insert(DocumentIdentity)
+            .values([{"identity": i, "document_id": document_id} for i in set(identities)])
+            .on_conflict_do_nothing()
+        )
+
+
+def find_version(engine: Engine, content_sha256: str) -> tuple[str, int] | None:
+    """(document id, version) of the content, if it arrived before."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(DocumentVersion.document_id, DocumentVersion.version).where(
+                DocumentVersion.content_sha256 == content_sha256
+            )
+        ).first()
+    return (row.document_id, row.version) if row else None
+
+
+def documents_with_identities(engine: Engine, identities: Sequence[str]) -> list[str]:
+    """Documents that carry any of the identities, the most recently registered first."""
+    if not identities:
+        return []
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(
+                sa.select(Document.id)
+                .where(
+                    Document.id.in_(
+                        sa.select(DocumentIdentity.document_id).where(
+                            DocumentIdentity.identity.in_(list(identities))
+                        )
+                    )
+                )
+                .order_by(Document.registered_at.desc(), Document.id)
+            )
+        )
+
+
+def versions_of(engine: Engine, document_id: str) -> list[dict[str, Any]]:
+    """The document's versions, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(DocumentVersion)
+            .where(DocumentVersion.document_id == document_id)
+            .order_by(DocumentVersion.version)
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+def current_text(engine: Engine, document_id: str) -> str:
+    """The current version's chunk texts, in order (what a new version is compared with)."""
+    return "\n\n".join(content for _, content in chunk_texts(engine, document_id))
 
 
 def set_stage(engine: Engine, document_id: str, stage: str, **fields: Any) -> None:
@@ -119,6 +258,11 @@ def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None
         .group_by(Embedding.document_id)
         .subquery()
     )
+    version_counts = (
+        sa.select(DocumentVersion.document_id, sa.func.count().label("n"))
+        .group_by(DocumentVersion.document_id)
+        .subquery()
+    )
     query = (
         sa.select(
             Document.id,
@@ -132,11 +276,15 @@ def document_summaries(engine: Engine, document_ids: Sequence[str] | None = None
             Document.markup_errors,
             Document.registered_at,
             Document.updated_at,
+            Document.version,
+            Document.current_version,
+            sa.func.coalesce(version_counts.c.n, 1).label("versions"),
             sa.func.coalesce(chunk_counts.c.chunks, 0).label("chunks"),
             sa.func.coalesce(vector_counts.c.n, 0).label("vectors"),
         )
         .outerjoin(chunk_counts, chunk_counts.c.document_id == Document.id)
         .outerjoin(vector_counts, vector_counts.c.document_id == Document.id)
+        .outerjoin(version_counts, version_counts.c.document_id == Document.id)
         .order_by(Document.registered_at, Document.id)
     )
     if document_ids is not None:
@@ -199,6 +347,7 @@ def document_details(engine: Engine, document_id: str) -> dict[str, Any]:
         "completed_stages": completed,
         "last_heartbeat": dict(beat) if beat else None,
         "attempts": runs,
+        "version_history": versions_of(engine, document_id),
     }
 
 
@@ -271,51 +420,179 @@ _CHUNK_FIELDS = (
 
 
 def write_chunks(
-    engine: Engine, document_id: str, rows: Sequence[Mapping[str, Any]]
+    engine: Engine,
+    document_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    version: int | None = None,
 ) -> WriteCounts:
-    """Replace a document's chunks by difference. Each row has `id` and the _CHUNK_FIELDS."""
+    """Replace a document's chunks by difference; they are those of `version`, when given,
+    which becomes its current version. Each row has `id` and the _CHUNK_FIELDS."""
+    with engine.begin() as conn:
+        lock_document(conn, document_id)
+        if version is not None and _newer_is_current(conn, document_id, version):
+            raise SupersededError(document_id, version)
+        counts = _write_chunks(conn, document_id, rows)
+        if version is not None:
+            conn.execute(
+                sa.update(Document)
+                .where(Document.id == document_id)
+                .values(current_version=version)
+            )
+    return counts
+
+
+def _chunk_difference(
+    conn: sa.Connection, document_id: str, rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[str], list[dict[str, Any]], list[Mapping[str, Any]], int]:
+    """What writing `rows` as the document's chunks changes: (vanished ids, rows to insert, rows
+    to update, rows unchanged)."""
     table = Chunk.__table__
     new = {row["id"]: row for row in rows}
     if len(new) != len(rows):
         raise ValueError(f"duplicate chunk ids for document {document_id}")
+    existing = {
+        row.id: row._mapping
+        for row in conn.execute(sa.select(table).where(table.c.document_id == document_id))
+    }
+    vanished = [chunk_id for chunk_id in existing if chunk_id not in new]
+    inserts = [
+        {"document_id": document_id, **row} for cid, row in new.items() if cid not in existing
+    ]
+    updates = [
+        row
+        for cid, row in new.items()
+        if cid in existing and any(existing[cid][f] != row[f] for f in _CHUNK_FIELDS)
+    ]
+    return vanished, inserts, updates, len(new) - len(inserts) - len(updates)
+
+
+def compare_chunks(
+    engine: Engine, document_id: str, rows: Sequence[Mapping[str, Any]]
+) -> WriteCounts:
+    """What `write_chunks` of these rows would change, without writing."""
+    with engine.connect() as conn:
+        vanished, inserts, updates, unchanged = _chunk_difference(conn, document_id, rows)
+    return WriteCounts(len(inserts), len(updates), len(vanished), unchanged)
+
+
+def _write_chunks(
+    conn: sa.Connection, document_id: str, rows: Sequence[Mapping[str, Any]]
+) -> WriteCounts:
+    table = Chunk.__table__
+    vanished, inserts, updates, unchanged = _chunk_difference(conn, document_id, rows)
+    if vanished:  # cascades to their embeddings and connections
+        # Row locks in id order, as connection writes take theirs: no lock cycles.
+        conn.execute(
+            sa.select(table.c.id)
+            .where(table.c.id.in_(vanished))
+            .order_by(table.c.id)
+            .with_for_update()
+        )
+        conn.execute(sa.delete(table).where(table.c.id.in_(vanished)))
+    if inserts:
+        conn.execute(sa.insert(table), inserts)
+    for row in updates:
+        conn.execute(
+            sa.update(table)
+            .where(table.c.id == row["id"])
+            .values({field: row[field] for field in _CHUNK_FIELDS})
+        )
+    return WriteCounts(len(inserts), len(updates), len(vanished), unchanged)
+
+
+def current_version(engine: Engine, document_id: str) -> int | None:
+    """The version whose chunks the document has (None: none yet)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(Document.current_version).where(Document.id == document_id)
+        ).scalar()
+
+
+class SupersededError(Exception):
+    """A version was to be written when a newer one is current already (two versions of one
+    document processed at once, the newer finished first): the older is never current."""
+
+    def __init__(self, document_id: str, version: int) -> None:
+        super().__init__(
+            f"version {version} of document {document_id} was not made current: a newer "
+            "version is current already"
+        )
+        self.document_id, self.version = document_id, version
+
+
+def _newer_is_current(conn: sa.Connection, document_id: str, version: int) -> bool:
+    current = conn.execute(
+        sa.select(Document.current_version).where(Document.id == document_id)
+    ).scalar()
+    return current is not None and current > version
+
+
+def supersede(
+    engine: Engine,
+    document_id: str,
+    version: int,
+    rows: Sequence[Mapping[str, Any]],
+    model: str,
+    vectors: Mapping[str, np.ndarray],
+    text_keys: Mapping[str, str],
+) -> WriteCounts:
+    """Make `version` current in one transaction: its chunks replace the current ones by
+    difference (unchanged chunks keep their rows, vectors and connections; vanished ones go
+    with theirs), the new chunks get their vectors (`vectors`: chunk id -> vector, for at least
+    every chunk without one), and the version is stamped current. A crash before the commit
+    leaves the previous version current and whole."""
+    now = datetime.now(UTC)
     with engine.begin() as conn:
         lock_document(conn, document_id)
-        existing = {
-            row.id: row._mapping
-            for row in conn.execute(sa.select(table).where(table.c.document_id == document_id))
+        if _newer_is_current(conn, document_id, version):
+            raise SupersededError(document_id, version)
+        current = conn.execute(
+            sa.select(Document.current_version).where(Document.id == document_id)
+        ).scalar()
+        counts = _write_chunks(conn, document_id, rows)
+        has_vector = set(
+            conn.scalars(
+                sa.select(Embedding.chunk_id).where(
+                    Embedding.document_id == document_id, Embedding.model == model
+                )
+            )
+        )
+        fresh = [
+            {
+                "chunk_id": row["id"],
+                "model": model,
+                "document_id": document_id,
+                "dimensions": int(vectors[row["id"]].shape[0]),
+                "embedding": vectors[row["id"]],
+                "text_sha256": text_keys[row["id"]],
+            }
+            for row in rows
+            if row["id"] not in has_vector
+        ]
+        if fresh:
+            conn.execute(sa.insert(Embedding.__table__), fresh)
+        changes = {
+            "kept": counts.unchanged + counts.updated,
+            "added": counts.inserted,
+            "removed": counts.deleted,
+            "superseded": current,
         }
-        vanished = [chunk_id for chunk_id in existing if chunk_id not in new]
-        inserts = [
-            {"document_id": document_id, **row} for cid, row in new.items() if cid not in existing
-        ]
-        updates = [
-            row
-            for cid, row in new.items()
-            if cid in existing and any(existing[cid][f] != row[f] for f in _CHUNK_FIELDS)
-        ]
-        if vanished:  # cascades to their embeddings and connections
-            # Row locks in id order, as connection writes take theirs: no lock cycles.
+        versions = DocumentVersion.__table__
+        if current is not None and current != version:
             conn.execute(
-                sa.select(table.c.id)
-                .where(table.c.id.in_(vanished))
-                .order_by(table.c.id)
-                .with_for_update()
+                sa.update(versions)
+                .where(versions.c.document_id == document_id, versions.c.version == current)
+                .values(superseded_at=now)
             )
-            conn.execute(sa.delete(table).where(table.c.id.in_(vanished)))
-        if inserts:
-            conn.execute(sa.insert(table), inserts)
-        for row in updates:
-            conn.execute(
-                sa.update(table)
-                .where(table.c.id == row["id"])
-                .values({field: row[field] for field in _CHUNK_FIELDS})
-            )
-    return WriteCounts(
-        inserted=len(inserts),
-        updated=len(updates),
-        deleted=len(vanished),
-        unchanged=len(new) - len(inserts) - len(updates),
-    )
+        conn.execute(
+            sa.update(versions)
+            .where(versions.c.document_id == document_id, versions.c.version == version)
+            .values(current_since=now, changes=changes)
+        )
+        conn.execute(
+            sa.update(Document).where(Document.id == document_id).values(current_version=version)
+        )
+    return counts
 
 
 def load_chunks(engine: Engine, document_id: str) -> list[dict[str, Any]]:
