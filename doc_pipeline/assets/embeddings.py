@@ -104,7 +104,7 @@ def embeddings(
                     engine, document_id, chunks["version"], pending, model, vectors, keys
                 )
                 superseded = {
-                    "chunks_kept": MetadataValue.int(counts.unchanged + counts.updated),
+                    "chunks_kept": MetadataValue.int(counts.kept),
                     "chunks_added": MetadataValue.int(counts.inserted),
                     "chunks_removed": MetadataValue.int(counts.deleted),
                 }

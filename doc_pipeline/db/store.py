@@ -48,6 +48,11 @@ class WriteCounts:
     unchanged: int = 0
     skipped: int = 0  # edges to chunks that another document's re-processing removed meanwhile
 
+    @property
+    def kept(self) -> int:
+        """Rows that stay (unchanged or updated in place): a chunk that keeps its id."""
+        return self.unchanged + self.updated
+
     def as_dict(self) -> dict[str, int]:
         return {
             "inserted": self.inserted,
@@ -87,15 +92,7 @@ def register_document(
     with engine.begin() as conn:
         if conn.execute(statement).first() is None:
             return False
-        conn.execute(
-            insert(DocumentVersion).values(
-                document_id=document_id,
-                version=1,
-                content_sha256=content_sha256,
-                source_file=source_file,
-                byte_size=byte_size,
-            )
-        )
+        _add_version_row(conn, document_id, 1, content_sha256, source_file, byte_size)
         _add_identities(conn, document_id, identities)
         return True
 
@@ -129,15 +126,7 @@ def add_version(
                 )
             ).scalar_one()
         )
-        conn.execute(
-            insert(DocumentVersion).values(
-                document_id=document_id,
-                version=version,
-                content_sha256=content_sha256,
-                source_file=source_file,
-                byte_size=byte_size,
-            )
-        )
+        _add_version_row(conn, document_id, version, content_sha256, source_file, byte_size)
         conn.execute(
             sa.update(Document)
             .where(Document.id == document_id)
@@ -151,6 +140,25 @@ def add_version(
         )
         _add_identities(conn, document_id, identities)
     return version
+
+
+def _add_version_row(
+    conn: sa.Connection,
+    document_id: str,
+    version: int,
+    content_sha256: str,
+    source_file: str,
+    byte_size: int,
+) -> None:
+    conn.execute(
+        insert(DocumentVersion).values(
+            document_id=document_id,
+            version=version,
+            content_sha256=content_sha256,
+            source_file=source_file,
+            byte_size=byte_size,
+        )
+    )
 
 
 def _add_identities(conn: sa.Connection, document_id: str, identities: Sequence[str]) -> None:
@@ -503,9 +511,7 @@ def _write_chunks(
 def current_version(engine: Engine, document_id: str) -> int | None:
     """The version whose chunks the document has (None: none yet)."""
     with engine.connect() as conn:
-        return conn.execute(
-            sa.select(Document.current_version).where(Document.id == document_id)
-        ).scalar()
+        return _current_version(conn, document_id)
 
 
 class SupersededError(Exception):
@@ -520,10 +526,14 @@ class SupersededError(Exception):
         self.document_id, self.version = document_id, version
 
 
-def _newer_is_current(conn: sa.Connection, document_id: str, version: int) -> bool:
-    current = conn.execute(
+def _current_version(conn: sa.Connection, document_id: str) -> int | None:
+    return conn.execute(
         sa.select(Document.current_version).where(Document.id == document_id)
     ).scalar()
+
+
+def _newer_is_current(conn: sa.Connection, document_id: str, version: int) -> bool:
+    current = _current_version(conn, document_id)
     return current is not None and current > version
 
 
@@ -544,11 +554,9 @@ def supersede(
     now = datetime.now(UTC)
     with engine.begin() as conn:
         lock_document(conn, document_id)
-        if _newer_is_current(conn, document_id, version):
+        current = _current_version(conn, document_id)
+        if current is not None and current > version:
             raise SupersededError(document_id, version)
-        current = conn.execute(
-            sa.select(Document.current_version).where(Document.id == document_id)
-        ).scalar()
         counts = _write_chunks(conn, document_id, rows)
         has_vector = set(
             conn.scalars(
@@ -572,7 +580,7 @@ def supersede(
         if fresh:
             conn.execute(sa.insert(Embedding.__table__), fresh)
         changes = {
-            "kept": counts.unchanged + counts.updated,
+            "kept": counts.kept,
             "added": counts.inserted,
             "removed": counts.deleted,
             "superseded": current,
