@@ -2,13 +2,15 @@
 with SIGKILL inside each stage, or the whole Dagster process tree is killed and started again.
 The reaper fails the dead run, a retry resumes it from the failed step, and the document ends
 with the data of a clean run (chunk ids, vectors, connections), no AI request paid twice but
-those in flight at the kill (several: requests are concurrent), and no foreign-key error."""
+those in flight at the kill (several: requests are concurrent), and no foreign-key error.
+Also a new version dropped into `uploads/`, killed before it supersedes the current one."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from doc_pipeline.db import store
@@ -32,7 +35,7 @@ from doc_pipeline_tests.crash_points import (
     slow_down,
     worker_inside,
 )
-from doc_pipeline_tests.dagster_ui import document_settled, launch_document_run
+from doc_pipeline_tests.dagster_ui import document_settled, launch_document_run, running_step_pid
 from doc_pipeline_tests.document_data import CONNECT_EVERYTHING, DocumentData, document_data
 from doc_pipeline_tests.fakes import FakeGemini
 from doc_pipeline_tests.ledger_counts import ai_call_counts, keys_paid_twice
@@ -207,3 +210,75 @@ def test_killing_the_whole_dagster_process_tree_and_starting_it_again_recovers_t
         for ui in uis:
             stop_process_group(ui)
     _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean, in_flight)
+
+
+def test_a_new_version_from_uploads_killed_before_it_supersedes_is_retried_to_current(
+    crash_home, fake, run_config_file, tmp_path, monkeypatch
+):
+    """An edited copy of a processed book dropped into `uploads/`: the uploads sensor starts
+    its run, whose worker is SIGKILLed with its embedding request in flight (the version's
+    chunks made, not written). Until the retry supersedes, the document serves version 1 whole;
+    the reaper fails the dead run, Dagster's retry makes version 2 current, keeping the
+    unchanged chunks' ids, with no request paid twice and no foreign-key error."""
+    from doc_pipeline_tests.test_edited_copies import edited_copy
+
+    engine, document_id = crash_home
+    _cli_ingest(dict(os.environ), BOOK, run_config_file)
+    before = document_data(engine, document_id)
+    edited = tmp_path / "flatland-edited.epub"
+    edited_copy(BOOK, edited, " the ", " the very ")
+    monkeypatch.setenv("DOC_PIPELINE_UPLOADS_INTERVAL_SECONDS", "2")
+    settings = Settings.from_env()
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    fake.add_fault("batchEmbedContents", times=1, delay_seconds=60)
+    with open_instance(settings) as instance:
+        earlier = {run.run_id for run in instance.get_runs()}
+
+    def version_run() -> str | None:
+        with open_instance(settings) as instance:
+            runs = [r.run_id for r in instance.get_runs() if r.run_id not in earlier]
+        return runs[0] if len(runs) == 1 else None
+
+    ui = start_ui(free_port(), tmp_path / "ui.log")
+    try:
+        shutil.copy(edited, settings.uploads_dir / BOOK.name)
+        run_id = wait_until(version_run, 300, "the uploads sensor to start a run", 1)
+        pid = wait_until(
+            lambda: fake.in_flight("batchEmbedContents") and running_step_pid(engine, run_id),
+            300,
+            "the version's embedding request",
+            0.05,
+        )
+        os.kill(pid, signal.SIGKILL)
+        with engine.connect() as conn:  # read before the retry could supersede (checked below)
+            killed_at = conn.execute(sa.text("SELECT now()")).scalar_one()
+        during = document_data(engine, document_id)
+        during_summary = store.document_summaries(engine, [document_id])[0]
+
+        def superseded() -> bool:
+            summary = store.document_summaries(engine, [document_id])[0]
+            if summary["current_version"] != 2:
+                return False
+            with open_instance(settings) as instance:
+                return all(run.is_finished for run in instance.get_runs())
+
+        wait_until(superseded, 300, "the retry to make version 2 current", 1)
+    finally:
+        stop_process_group(ui)
+
+    (version_2,) = [v for v in store.versions_of(engine, document_id) if v["version"] == 2]
+    assert version_2["current_since"] > killed_at, "the retry superseded before the check"
+    assert (during_summary["current_version"], during_summary["versions"]) == (1, 2)
+    assert during == before
+    with open_instance(settings) as instance:
+        original = instance.get_run_by_id(run_id)
+        retries = [r for r in instance.get_runs() if r.tags.get("dagster/parent_run_id") == run_id]
+        logs = [e.message or "" for r in instance.get_runs() for e in instance.all_logs(r.run_id)]
+    assert original.status.value == "FAILURE"
+    assert [r.status.value for r in retries] == ["SUCCESS"]
+    assert not [m for m in logs if "ForeignKeyViolation" in m or "foreign key" in m.lower()]
+    after = document_data(engine, document_id)
+    assert after.chunks != before.chunks
+    assert len(set(before.chunks) & set(after.chunks)) >= 0.9 * len(after.chunks)
+    assert set(after.vectors) == set(after.chunks)
+    assert keys_paid_twice(engine) == []
