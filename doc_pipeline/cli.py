@@ -71,6 +71,16 @@ VerboseOption = Annotated[
         "(they are always in the run's event log, shown by `doc-pipeline ui`).",
     ),
 ]
+JobsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=1,
+        help="Documents processed at once, each in its own run on a worker process of its own"
+        " (default: the number of cores). AI steps across runs still share the `ai` pool.",
+    ),
+]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -139,6 +149,7 @@ def ingest(
     provider: ProviderOption = None,
     config: ConfigOption = None,
     verbose: VerboseOption = False,
+    jobs: JobsOption = None,
     version_of: Annotated[
         str | None,
         typer.Option(
@@ -218,6 +229,7 @@ def ingest(
         settings,
         run_config=_read_run_config(config) if config else {},
         verbose=verbose,
+        jobs=jobs or _cores(),
         version_of=version_of,
         on_registered=registered,
         on_run_finished=finished,
@@ -268,6 +280,7 @@ def backfill(
     provider: ProviderOption = None,
     config: ConfigOption = None,
     verbose: VerboseOption = False,
+    jobs: JobsOption = None,
 ) -> None:
     """Materialize one stage again for some or all documents, one run per document, e.g. after
     a change of prompt, model or chunker (the UI shows such stages as unsynced).
@@ -305,6 +318,7 @@ def backfill(
         settings,
         run_config=_read_run_config(config) if config else {},
         verbose=verbose,
+        jobs=jobs or _cores(),
         on_run_finished=finished,
     )
     outcomes = ingestion.rerun(ids, [AssetKey(stage) for stage in stages])
@@ -314,6 +328,10 @@ def backfill(
         _print_outcomes(outcomes)
     if any(o.failed for o in outcomes):
         raise typer.Exit(1)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _read_run_config(path: Path) -> dict:

@@ -3,48 +3,45 @@
 Each document runs as two runs of the document job, so both appear in the UI: source to
 embeddings first (the document is then usable), connections second, once every document of the
 batch has its vectors, so that a batch connects the same way whatever order its files came in.
+With `jobs` above 1, that many documents' runs go at once, on worker processes
+(`doc_pipeline.document_runs`); each is recorded here as it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy.exc
-from dagster import AssetKey, DagsterInstance, JobDefinition, execute_job, reconstructable
+from dagster import AssetKey, DagsterInstance
 from sqlalchemy.engine import Engine
 
 from doc_pipeline.core.atomic_write import StorageWriteError
-from doc_pipeline.core.failures import TRANSIENT, redact
+from doc_pipeline.core.failures import TRANSIENT
 from doc_pipeline.core.reaper import Verdict
 from doc_pipeline.db import store
 from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.db.failures import classify, describe
 from doc_pipeline.db.registration import register_file
+from doc_pipeline.document_runs import DocumentRunner, RunReport, document_runner
 from doc_pipeline.instance import open_instance
 from doc_pipeline.jobs import UP_TO_EMBEDDINGS
 from doc_pipeline.partitions import documents_partitions
 from doc_pipeline.resources.liveness import Liveness
-from doc_pipeline.run_recovery import reap_dead_runs, this_process_tags
+from doc_pipeline.run_recovery import reap_dead_runs
 from doc_pipeline.settings import Settings
-from doc_pipeline.step_failures import unexpected_error
 
 CONNECTIONS = [AssetKey("connections")]
 # Dagster's step logs, failures with their traces included, go to the run's event log (and the
 # UI); the terminal shows progress and one line per failed document. `--verbose` shows them.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 VERBOSE_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
-
-def document_job() -> JobDefinition:
-    from doc_pipeline.definitions import defs
-    from doc_pipeline.jobs import DOCUMENT_JOB
-
-    return defs.resolve_job_def(DOCUMENT_JOB)
 
 
 @dataclass
@@ -84,6 +81,8 @@ class Ingestion:
     # Dagster run config for every run, e.g. {"resources": {"provider": {"config": {...}}}}.
     run_config: dict = field(default_factory=dict)
     verbose: bool = False  # Dagster's own log lines in the terminal, traces included
+    # Documents processed at once, each run on a worker process of its own (1: in this one).
+    jobs: int = 1
     # The document that the (one) file is a new version of, as the user said.
     version_of: str | None = None
     on_registered: Callable[[IngestOutcome], None] = lambda outcome: None
@@ -107,11 +106,11 @@ class Ingestion:
             instance.add_dynamic_partitions(
                 documents_partitions.name, [d for d in by_document if d not in known]
             )
-            for outcome in by_document.values():
-                self._execute(instance, engine, outcome, UP_TO_EMBEDDINGS)
-            for outcome in by_document.values():
-                if outcome.stage == "embedded":
-                    self._execute(instance, engine, outcome, CONNECTIONS)
+            documents = list(by_document.values())
+            with document_runner(instance, self.settings, self.jobs, len(documents)) as runner:
+                self._execute_all(runner, engine, documents, UP_TO_EMBEDDINGS)
+                embedded = [o for o in documents if o.stage == "embedded"]
+                self._execute_all(runner, engine, embedded, CONNECTIONS)
         self._fill_summaries(engine, outcomes)
         return outcomes
 
@@ -134,8 +133,9 @@ class Ingestion:
                     source_file=document["source_file"], document_id=document_id
                 )
                 self.on_registered(outcome)
-                self._execute(instance, engine, outcome, assets)
                 outcomes.append(outcome)
+            with document_runner(instance, self.settings, self.jobs, len(outcomes)) as runner:
+                self._execute_all(runner, engine, outcomes, assets)
         self._fill_summaries(engine, outcomes)
         return outcomes
 
@@ -170,55 +170,71 @@ class Ingestion:
                 seen.add(outcome.document_id or "")
         return unique
 
-    def _execute(
-        self, instance: DagsterInstance, engine: Engine, outcome: IngestOutcome, assets: list
+    def _execute_all(
+        self,
+        runner: DocumentRunner,
+        engine: Engine,
+        outcomes: list[IngestOutcome],
+        assets: list[AssetKey],
     ) -> None:
-        if self.outage is not None:
-            # Each run would wait out Dagster's connection retries and fail the same way.
-            self._failed(outcome, TRANSIENT, f"not run: {self.outage}")
-            self.on_run_finished(outcome)
+        """One run per document, up to `runner.width` at once, each recorded as it ends."""
+        run_config = _merged(
+            VERBOSE_RUN_CONFIG if self.verbose else QUIET_RUN_CONFIG, self.run_config
+        )
+        waiting = deque(outcomes)
+        running: dict[Future, tuple[IngestOutcome, float, datetime]] = {}
+        while waiting or running:
+            while waiting and len(running) < runner.width:
+                outcome = waiting.popleft()
+                if self.outage is not None:
+                    # Each run would wait out Dagster's connection retries and fail the same way.
+                    self._failed(outcome, TRANSIENT, f"not run: {self.outage}")
+                    self.on_run_finished(outcome)
+                    continue
+                started, started_at = time.perf_counter(), datetime.now(UTC)
+                future = runner.submit(outcome.document_id, assets, run_config)
+                running[future] = (outcome, started, started_at)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                outcome, started, started_at = running.pop(future)
+                try:
+                    self._record(engine, outcome, future.result(), started_at)
+                finally:
+                    outcome.seconds += time.perf_counter() - started
+                self.on_run_finished(outcome)
+
+    def _record(
+        self, engine: Engine, outcome: IngestOutcome, report: RunReport, started_at: datetime
+    ) -> None:
+        """What the run did to the document: its stage, or why it failed."""
+        if report.outage is not None:
+            self._outage(engine, outcome, report.outage)
             return
-        started = time.perf_counter()
-        started_at = datetime.now(UTC)
+        outcome.run_ids.append(report.run_id)
         try:
-            result = execute_job(
-                reconstructable(document_job),
-                instance=instance,
-                tags={
-                    "dagster/partition": outcome.document_id,
-                    "doc_pipeline/source": "cli",
-                    **this_process_tags(),
-                },
-                run_config=_merged(
-                    VERBOSE_RUN_CONFIG if self.verbose else QUIET_RUN_CONFIG, self.run_config
-                ),
-                asset_selection=assets,
-                raise_on_error=False,
-            )
-            outcome.run_ids.append(result.run_id)
-            if not result.success:
-                trace = unexpected_error(result.all_events)
-                outcome.unexpected_error = outcome.unexpected_error or (trace and redact(trace))
+            if not report.success:
+                outcome.unexpected_error = outcome.unexpected_error or report.unexpected_error
                 document = store.get_document(engine, outcome.document_id) or {}
                 if document.get("stage") != "failed" or document["failed_at"] < started_at:
                     # The run failed outside any stage (e.g. a resource could not start, or its
                     # output could not be stored).
-                    store.mark_failed(engine, outcome.document_id, TRANSIENT, _run_failure(result))
+                    store.mark_failed(engine, outcome.document_id, TRANSIENT, report.failure)
             outcome.stage = (store.get_document(engine, outcome.document_id) or {}).get(
                 "stage", "failed"
             )
         except Exception as error:
-            # Dagster could not run or record the run: its database (or the app's) is down.
-            # The run stays STARTED there until the reaper or the next ingest finds it dead.
             if classify(error) != TRANSIENT:
                 raise
-            self.outage = describe(error)
-            self._failed(outcome, TRANSIENT, self.outage)
-            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):  # if it is back already
-                store.mark_failed(engine, outcome.document_id, TRANSIENT, self.outage)
-        finally:
-            outcome.seconds += time.perf_counter() - started
-        self.on_run_finished(outcome)
+            self._outage(engine, outcome, describe(error))
+
+    def _outage(self, engine: Engine, outcome: IngestOutcome, reason: str) -> None:
+        """Dagster's database (or the app's) is down: the document failed for that reason."""
+        self.outage = self.outage or reason
+        self._failed(outcome, TRANSIENT, reason)
+        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):  # if it is back already
+            store.mark_failed(engine, outcome.document_id, TRANSIENT, reason)
 
     def _failed(self, outcome: IngestOutcome, error_class: str, message: str) -> None:
         outcome.stage, outcome.error_class, outcome.error_message = "failed", error_class, message
@@ -265,25 +281,3 @@ def _merged(base: dict, override: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
-
-def _run_failure(result) -> str:
-    """The run's first failure, as a user should read it: Dagster wraps errors of IO managers
-    and resources in its own ("Error occurred while handling output ..."), so the first error
-    in the chain that is not Dagster's says what went wrong; it follows the step's name."""
-    for event in result.all_events:
-        if event.is_step_failure or event.is_failure:
-            error = getattr(event.event_specific_data, "error", None)
-            if error is None:
-                return event.message or "the run failed"
-            own = error
-            while own.cause is not None and own.message.startswith("dagster."):
-                own = own.cause
-            if own.message.startswith("dagster."):
-                own = error
-            # "package.module.Class: text" -> "Class: text"
-            message = own.message.strip().split(": ", 1)
-            message[0] = message[0].rsplit(".", 1)[-1]
-            where = f"{event.step_key}: " if event.step_key else ""
-            return redact(where + ": ".join(message))
-    return "the run failed"

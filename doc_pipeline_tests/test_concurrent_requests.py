@@ -72,7 +72,8 @@ def test_requests_overlap_up_to_the_limit_and_the_data_equals_a_sequential_run(
         )
         slow_fake.clear_requests()
         config = _config(pipeline, f"limit-{limit}", max_concurrent_requests=limit)
-        outcomes = pipeline.ingest(PEPPER, FLATLAND, "--config", config)
+        # One document at a time: the limit is per step (two runs' steps add up).
+        outcomes = pipeline.ingest(PEPPER, FLATLAND, "--config", config, "--jobs", "1")
         assert {o["stage"] for o in outcomes.values()} == {"connected"}
         generate = [r for r in slow_fake.requests if r.get("api_method") == "generateContent"]
         runs[limit] = {

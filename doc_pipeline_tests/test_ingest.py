@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from doc_pipeline.cli import app
 from doc_pipeline.core.chunking import count_words
 from doc_pipeline.db import store
-from doc_pipeline.ingest import document_job
+from doc_pipeline.document_runs import document_job
 from doc_pipeline_tests.conftest import (
     GOOD_BOOKS,
     GOOD_PDFS,

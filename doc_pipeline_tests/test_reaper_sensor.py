@@ -15,7 +15,7 @@ from dagster import AssetKey, DagsterRunStatus, build_sensor_context
 from doc_pipeline.concurrency import AI_POOL
 from doc_pipeline.db import store
 from doc_pipeline.db.app import prepare_app_database
-from doc_pipeline.ingest import document_job
+from doc_pipeline.document_runs import document_job
 from doc_pipeline.instance import open_instance
 from doc_pipeline.resources.app_database import AppDatabase
 from doc_pipeline.resources.liveness import Liveness

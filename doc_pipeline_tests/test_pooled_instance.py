@@ -1,0 +1,67 @@
+"""The project's Dagster instance class (`PooledInstance`, dagster.yaml's `instance_class`): its
+storage holds pooled connections, so a run opens a few database sessions instead of one per
+event; disposing the instance closes them. It relies on `optimize_for_webserver`, which is not
+documented API: these tests pin what it must do."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from doc_pipeline.db.app import prepare_app_database
+from doc_pipeline.db.registration import register_file
+from doc_pipeline.db.server import database_urls
+from doc_pipeline.document_runs import execute_document_run
+from doc_pipeline.instance import open_instance
+from doc_pipeline.jobs import UP_TO_EMBEDDINGS
+from doc_pipeline.partitions import documents_partitions
+from doc_pipeline.pooled_instance import PooledInstance
+from doc_pipeline.settings import Settings
+from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
+
+BOOK = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
+# Without the pooled storage a run of the document job up to embeddings opened about 200.
+MOST_SESSIONS_PER_RUN = 25
+
+
+def _sessions(server: sa.Engine, database: str) -> tuple[int, int]:
+    """Sessions ever opened on the database, and those open now."""
+    with server.connect() as conn:
+        opened = conn.execute(
+            sa.text("SELECT sessions FROM pg_stat_database WHERE datname = :name"),
+            {"name": database},
+        ).scalar_one()
+        now = conn.execute(
+            sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+            {"name": database},
+        ).scalar_one()
+    return opened, now
+
+
+def test_runs_share_pooled_sessions_and_dispose_closes_them(
+    postgres_server, tmp_path, monkeypatch
+):
+    use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
+    monkeypatch.setenv("DOC_PIPELINE_PROVIDER", "local")
+    settings = Settings.from_env()
+    engine = prepare_app_database(settings)
+    document_id = register_file(engine, settings.blob_dir, BOOK).document_id
+    dagster_url = sa.engine.make_url(database_urls(settings).dagster)
+    server = sa.create_engine(dagster_url.set(database="postgres"), poolclass=sa.NullPool)
+    instance = open_instance(settings)
+    try:
+        assert isinstance(instance, PooledInstance)
+        engines = instance.storage_engines()
+        assert len(engines) == 3 and all(type(e.pool).__name__ == "QueuePool" for e in engines)
+        instance.add_dynamic_partitions(documents_partitions.name, [document_id])
+        before, _ = _sessions(server, dagster_url.database)
+        reports = [execute_document_run(instance, document_id, UP_TO_EMBEDDINGS, {})]
+        reports.append(execute_document_run(instance, document_id, UP_TO_EMBEDDINGS, {}))
+        after, open_now = _sessions(server, dagster_url.database)
+        assert [r.success for r in reports] == [True, True]
+        assert after - before <= 2 * MOST_SESSIONS_PER_RUN, after - before
+        assert open_now >= 1  # the pooled connections, kept for the next run
+    finally:
+        instance.dispose()
+    assert _sessions(server, dagster_url.database)[1] == 0
+    server.dispose()
+    engine.dispose()
