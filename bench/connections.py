@@ -310,10 +310,10 @@ def connect_sample_exactly(engine, postmaster: int, sample: list[str]) -> Run:
     restricted (the planner pushes the condition down to `embeddings s`)."""
     import sqlalchemy as sa
 
-    from doc_pipeline.db.semantic_search import NEAREST_OTHER_DOCUMENTS
+    from doc_pipeline.db.semantic_search import nearest_other_documents
 
     restricted = sa.text(
-        f"SELECT source, target FROM ({NEAREST_OTHER_DOCUMENTS.text}) q"
+        f"SELECT source, target FROM ({nearest_other_documents(DIMENSIONS).text}) q"
         " WHERE q.source = ANY(:sample)"
     )
     params = {"document_id": BOOK_ID, "model": MODEL, "top_k": TOP_K, "sample": sample}
@@ -355,9 +355,9 @@ def plan(engine, ef_search: int, exact: bool = False, sample: bool = False) -> d
     lateral subquery (HNSW index scan, or sequential scan and sort)."""
     import sqlalchemy as sa
 
-    from doc_pipeline.db.semantic_search import NEAREST_OTHER_DOCUMENTS
+    from doc_pipeline.db.semantic_search import nearest_other_documents
 
-    text = NEAREST_OTHER_DOCUMENTS.text
+    text = nearest_other_documents(DIMENSIONS).text
     if sample:
         text = f"SELECT source, target FROM ({text}) q WHERE q.source = ANY(:sample)"
     params = {"document_id": BOOK_ID, "model": MODEL, "top_k": TOP_K, "sample": [""]}

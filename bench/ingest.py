@@ -42,7 +42,7 @@ def core_seconds(books: list[Path]) -> tuple[dict[str, float], int, int]:
     """The pure work of each stage, with no Dagster and no database."""
     from doc_pipeline.core.chunking import chunk_markdown, count_words
     from doc_pipeline.core.extraction import extract_book
-    from doc_pipeline.core.lexical_embedding import embed_texts
+    from doc_pipeline.core.local_embedding import embed_texts
 
     seconds: dict[str, float] = defaultdict(float)
     words = chunks = 0

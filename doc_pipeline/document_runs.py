@@ -92,9 +92,7 @@ class DocumentRunner:
             return self._pool.submit(_run_on_worker, document_id, assets, run_config)
         future: Future = Future()
         try:
-            future.set_result(
-                execute_document_run(self._instance, document_id, assets, run_config)
-            )
+            future.set_result(execute_document_run(self._instance, document_id, assets, run_config))
         except Exception as error:
             future.set_exception(error)
         return future

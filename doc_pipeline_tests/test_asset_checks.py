@@ -5,6 +5,7 @@ checks stop the downstream asset of the same run.
 Runs on a Definitions object built here (the project's assets, job and resources plus the
 checks), so definitions.py needs no change for the test."""
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from doc_pipeline.assets import document_assets
 from doc_pipeline.checks import AIBudget, asset_checks
+from doc_pipeline.core.local_embedding import DIMENSIONS, MODEL_NAME
 from doc_pipeline.db import integrity, store
 from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.db.ledger_store import LedgerScope
@@ -330,13 +332,13 @@ def first_chunk(books: Books) -> str:
     [
         pytest.param(
             "DELETE FROM embeddings WHERE chunk_id = :chunk",
-            "have no local/lexical-hash-v1 embedding",
+            f"have no {MODEL_NAME} embedding",
             id="missing",
         ),
         pytest.param(
-            "UPDATE embeddings SET dimensions = 767, embedding = subvector(embedding, 1, 767)"
-            " WHERE chunk_id = :chunk",
-            "767 components",
+            f"UPDATE embeddings SET dimensions = {DIMENSIONS - 1},"
+            f" embedding = subvector(embedding, 1, {DIMENSIONS - 1}) WHERE chunk_id = :chunk",
+            f"{DIMENSIONS - 1} components",
             id="vector-too-short",
         ),
         pytest.param(
@@ -399,7 +401,7 @@ def test_connection_check_fails_on_an_impossible_connection(books, target, conne
         source=chunk_of(books, books.b, 0),
         target=chunk_of(books, getattr(books, target), 1 if target == "b" else 0),
         type=connection_type,
-        meta='{"model": "local/lexical-hash-v1"}',
+        meta=json.dumps({"model": MODEL_NAME}),
     )[0]
     try:
         assert_fails(books.run_check(CONNECTIONS, books.b), phrase, f"connection {new_id} ")
@@ -420,7 +422,7 @@ def test_connection_check_fails_on_an_orphan_connection(books):
     with changed_embedding(books, "DELETE FROM embeddings WHERE chunk_id = :chunk", target):
         assert integrity.orphan_connections(books.engine, books.b) >= 1
         found = books.run_check(CONNECTIONS, books.b)
-        assert_fails(found, "orphan, the target chunk has no local/lexical-hash-v1 embedding")
+        assert_fails(found, f"orphan, the target chunk has no {MODEL_NAME} embedding")
         assert found.metadata["orphan_connections"].value >= 1
     assert books.run_check(CONNECTIONS, books.b).passed
 
@@ -465,7 +467,7 @@ def test_the_schema_refuses_what_the_checks_leave_out(books, statement, error):
             statement,
             own=chunk_of(books, books.b, 0),
             other=chunk_of(books, books.a, 0),
-            nan="[" + ",".join(["NaN"] + ["0"] * 767) + "]",
+            nan="[" + ",".join(["NaN"] + ["0"] * (DIMENSIONS - 1)) + "]",
         )
 
 

@@ -50,7 +50,7 @@ def test_schema_matches_the_models(app_database_url):
             d
             for d in compare_metadata(context, Base.metadata)
             # Expression indexes (the HNSW one) are invisible to the models by design.
-            if not (d[0] == "remove_index" and d[1].name == "ix_embeddings_hnsw_768")
+            if not (d[0] == "remove_index" and d[1].name.startswith("ix_embeddings_hnsw_"))
         ]
     engine.dispose()
     assert differences == []
@@ -200,5 +200,51 @@ def test_documents_made_by_the_previous_release_become_their_first_version(empty
         assert rows == [("done", "a" * 64, 100), ("fresh", "b" * 64, 200)] and chunks == 1
         migrate.upgrade(url)
         assert migrate.current_revision(url) == migrate.head_revision()
+    finally:
+        engine.dispose()
+
+
+def _indexes(url: str) -> set[str]:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(
+                conn.execute(
+                    sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_0008_adds_the_hnsw_index_for_256_wide_vectors_and_its_downgrade_drops_it(
+    empty_database_url,
+):
+    """A home at 0007 (the previous release) with the lexical embedder's 768-wide vectors:
+    0008 adds the index for the local embedder's 256-wide ones, keeping the 768 index and the
+    rows; down and up again."""
+    url = empty_database_url
+    migrate.upgrade(url, "0007")
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO documents (id, content_sha256, source_file, byte_size, stage,"
+                    " version, current_version, registered_at, updated_at) VALUES ('doc', :sha,"
+                    " 'a.epub', 1, 'embedded', 1, 1, now(), now())"
+                ),
+                {"sha": "c" * 64},
+            )
+        assert "ix_embeddings_hnsw_256" not in _indexes(url)
+        migrate.upgrade(url)
+        assert {"ix_embeddings_hnsw_256", "ix_embeddings_hnsw_768"} <= _indexes(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM documents")).scalar_one() == 1
+        migrate.downgrade(url, "0007")
+        assert "ix_embeddings_hnsw_256" not in _indexes(url)
+        assert "ix_embeddings_hnsw_768" in _indexes(url)
+        migrate.upgrade(url)
+        assert "ix_embeddings_hnsw_256" in _indexes(url)
     finally:
         engine.dispose()

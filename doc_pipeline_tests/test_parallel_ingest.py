@@ -65,7 +65,9 @@ def test_documents_in_parallel_end_like_one_after_another(postgres_server, tmp_p
 
     # The same chunks, vectors and connections, whatever order the documents ran in.
     assert data[2] == data[1]
-    assert all(d.connections for d in data[2].values())
+    # Every book but Peter Rabbit connects (its one chunk is closer to no chunk of the others
+    # than the local embedder's threshold).
+    assert sum(1 for d in data[2].values() if d.connections) == len(BOOKS) - 1
     # Each document's two runs, on two worker processes (not the CLI's), some at once.
     runs = records[2]
     assert len(runs) == 2 * len(BOOKS) and all(

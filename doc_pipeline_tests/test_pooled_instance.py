@@ -37,9 +37,7 @@ def _sessions(server: sa.Engine, database: str) -> tuple[int, int]:
     return opened, now
 
 
-def test_runs_share_pooled_sessions_and_dispose_closes_them(
-    postgres_server, tmp_path, monkeypatch
-):
+def test_runs_share_pooled_sessions_and_dispose_closes_them(postgres_server, tmp_path, monkeypatch):
     use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
     monkeypatch.setenv("DOC_PIPELINE_PROVIDER", "local")
     settings = Settings.from_env()

@@ -8,7 +8,7 @@ from doc_pipeline.core.ids import chunk_ids
 from doc_pipeline.core.semantic import SemanticConfig
 from doc_pipeline.core.vectors import text_key
 from doc_pipeline.db import store
-from doc_pipeline.db.semantic_search import NEAREST_OTHER_DOCUMENTS, find_semantic_edges
+from doc_pipeline.db.semantic_search import find_semantic_edges, nearest_other_documents
 
 
 def _rows(document_id: str, contents: list[str]) -> list[dict]:
@@ -162,23 +162,25 @@ def test_connection_constraints_hold(engine):
         )
 
 
-def test_nearest_neighbour_search_walks_the_hnsw_index(engine):
+@pytest.mark.parametrize("width", [768, 256])  # gemini's vectors; the local embedder's
+def test_nearest_neighbour_search_walks_the_hnsw_index(engine, width):
     rng = np.random.default_rng(7)
     for document in ("docA", "docB", "docC"):
         contents = [f"{document} chunk {i}" for i in range(200)]
-        _embed(engine, document, contents, [_unit(*rng.normal(size=768)) for _ in contents])
+        vectors = [v / np.linalg.norm(v) for v in rng.normal(size=(200, width))]
+        _embed(engine, document, contents, [v.astype(np.float32) for v in vectors])
     with engine.begin() as conn:
         # On a table this small, scanning and sorting is cheaper and the planner rightly picks it
         # (which scan depends on when autovacuum analyzed the table); with sorting and those
         # scans ruled out, only an ordered index scan can answer, and the plan shows that the
-        # query's expression matches the HNSW index.
+        # query's expression matches the HNSW index of that width.
         conn.execute(sa.text("ANALYZE embeddings"))
         for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
             conn.execute(sa.text(f"SET LOCAL {setting} = off"))
         plan = conn.execute(
-            sa.text(f"EXPLAIN {NEAREST_OTHER_DOCUMENTS.text}"),
+            sa.text(f"EXPLAIN {nearest_other_documents(width).text}"),
             {"document_id": "docA", "model": "m", "top_k": 5},
         ).scalars()
-        assert "ix_embeddings_hnsw_768" in "\n".join(plan)
+        assert f"ix_embeddings_hnsw_{width}" in "\n".join(plan)
         edges = find_semantic_edges(conn, "docA", "m", SemanticConfig(min_similarity=0.0))
     assert len(edges) == 200 * 5

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from doc_pipeline.core.lexical_embedding import MODEL_NAME as LEXICAL_MODEL
+from doc_pipeline.core.local_embedding import MODEL_NAME as LOCAL_EMBEDDING_MODEL
 from doc_pipeline.resources.gemini_provider import GeminiProvider
 from doc_pipeline.settings import Settings
 
@@ -69,6 +69,6 @@ if PROVIDER == "gemini":
 else:
     EXTRACTION = CONVERTER_VERSION
     CHUNKS = _digest("chunks", "local", CHUNKER_VERSION)
-    EMBEDDINGS = _digest("embeddings", "local", LEXICAL_MODEL)
+    EMBEDDINGS = _digest("embeddings", "local", LOCAL_EMBEDDING_MODEL)
     CONNECTIONS = _digest("connections", "local", CONNECTIONS_VERSION)
 SOURCE = SOURCE_VERSION

@@ -14,13 +14,10 @@ from dataclasses import dataclass
 from doc_pipeline.core.edges import Edge
 
 CONNECTION_TYPE = "semantic"
-# The HNSW index exists for this width only (see migration 0001).
-INDEXED_DIMENSIONS = 768
-
 
 @dataclass(frozen=True)
 class SemanticConfig:
-    min_similarity: float  # depends on the embedder: lexical vectors of two books rarely pass 0.2
+    min_similarity: float  # depends on the embedder (each provider calibrates its own)
     top_k: int = 5
     ef_search: int = 100
     # Strength = similarity, blended with the target chunk's importance where the chunker

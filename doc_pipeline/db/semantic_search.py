@@ -6,34 +6,35 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from doc_pipeline.core.edges import Edge
-from doc_pipeline.core.semantic import (
-    INDEXED_DIMENSIONS,
-    Neighbour,
-    SemanticConfig,
-    semantic_edges,
-)
+from doc_pipeline.core.semantic import Neighbour, SemanticConfig, semantic_edges
 
-# For each chunk of a document, its nearest chunks of other documents (same model), ordered by
-# cosine distance so that the planner walks the HNSW index. The query must use the same
-# expression as the index, `embedding::vector(768)`, for the planner to pick it.
-NEAREST_OTHER_DOCUMENTS = sa.text(
-    f"""
+
+def nearest_other_documents(dimensions: int) -> sa.TextClause:
+    """For each chunk of a document, its nearest chunks of other documents (same model), ordered
+    by cosine distance so that the planner walks the HNSW index of that width (768: migration
+    0001, 256: 0008; another width is searched exactly): the query must use the index's
+    expression, `embedding::vector(N)`."""
+    width = int(dimensions)
+    return sa.text(
+        f"""
     SELECT s.chunk_id AS source, n.chunk_id AS target, 1 - n.distance AS similarity
     FROM embeddings s
     CROSS JOIN LATERAL (
         SELECT o.chunk_id,
-               o.embedding::vector({INDEXED_DIMENSIONS})
-                 <=> s.embedding::vector({INDEXED_DIMENSIONS}) AS distance
+               o.embedding::vector({width}) <=> s.embedding::vector({width}) AS distance
         FROM embeddings o
-        WHERE o.dimensions = {INDEXED_DIMENSIONS} AND o.model = s.model
+        WHERE o.dimensions = {width} AND o.model = s.model
           AND o.document_id <> s.document_id
-        ORDER BY o.embedding::vector({INDEXED_DIMENSIONS})
-                 <=> s.embedding::vector({INDEXED_DIMENSIONS})
+        ORDER BY o.embedding::vector({width}) <=> s.embedding::vector({width})
         LIMIT :top_k
     ) n
-    WHERE s.document_id = :document_id AND s.model = :model
-      AND s.dimensions = {INDEXED_DIMENSIONS}
+    WHERE s.document_id = :document_id AND s.model = :model AND s.dimensions = {width}
     """
+    )
+
+
+DOCUMENT_WIDTHS = sa.text(
+    "SELECT DISTINCT dimensions FROM embeddings WHERE document_id = :document_id AND model = :model"
 )
 
 
@@ -53,10 +54,14 @@ def find_semantic_edges(
     # Iterative scans keep searching when the filter (other documents only) removes candidates.
     conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(max(config.ef_search, config.top_k))}"))
-    rows = conn.execute(
-        NEAREST_OTHER_DOCUMENTS,
-        {"document_id": document_id, "model": model, "top_k": config.top_k},
-    ).all()
+    params = {"document_id": document_id, "model": model}
+    rows = [
+        row
+        for width in conn.execute(DOCUMENT_WIDTHS, params).scalars()
+        for row in conn.execute(
+            nearest_other_documents(width), params | {"top_k": config.top_k}
+        ).all()
+    ]
     # Fetched apart: joining chunks into the search query made the planner leave the index.
     importances = dict(
         conn.execute(TARGET_IMPORTANCE, {"ids": sorted({row.target for row in rows})}).all()
