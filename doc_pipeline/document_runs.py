@@ -4,8 +4,10 @@ processes at once (`--jobs N`).
 Each run is `execute_job` of the document job in the process that carries it out, tagged with
 that process's host and pid (so that the reaper and the next `ingest` can tell when it is dead).
 Workers are spawned, not forked: a forked child would share its parent's open database
-connections. Each opens the Dagster instance once and carries out runs until the pool shuts
-down; one that finds its parent gone (the ingest was killed) finishes the run it has and exits.
+connections. They are started before `ingest` registers its files, so that their start (about
+2.5 s of imports each) overlaps with it; each opens the Dagster instance at its first run and
+carries out runs until the pool shuts down; one that finds its parent gone (the ingest was
+killed) finishes the run it has and exits.
 """
 
 from __future__ import annotations
@@ -84,12 +86,13 @@ def execute_document_run(
 class DocumentRunner:
     """Carries out document runs, at most `width` at once; `submit` returns a future."""
 
-    def __init__(self, instance: DagsterInstance, pool: ProcessPoolExecutor | None, width: int):
-        self._instance, self._pool, self.width = instance, pool, width
+    def __init__(self, instance: DagsterInstance, workers: WorkerPool | None):
+        self._instance, self._workers = instance, workers
+        self.width = workers.width if workers is not None else 1
 
     def submit(self, document_id: str, assets: list[AssetKey], run_config: dict) -> Future:
-        if self._pool is not None:
-            return self._pool.submit(_run_on_worker, document_id, assets, run_config)
+        if self._workers is not None:
+            return self._workers.pool.submit(_run_on_worker, document_id, assets, run_config)
         future: Future = Future()
         try:
             future.set_result(execute_document_run(self._instance, document_id, assets, run_config))
@@ -98,15 +101,19 @@ class DocumentRunner:
         return future
 
 
+@dataclass(frozen=True)
+class WorkerPool:
+    pool: ProcessPoolExecutor
+    width: int
+
+
 @contextmanager
-def document_runner(
-    instance: DagsterInstance, settings: Settings, jobs: int, documents: int
-) -> Iterator[DocumentRunner]:
-    """A runner for `documents` documents with up to `jobs` at once: this process for one at a
-    time, else that many spawned workers (stopped when the block ends)."""
+def worker_pool(settings: Settings, jobs: int, documents: int) -> Iterator[WorkerPool | None]:
+    """Up to `jobs` worker processes for `documents` documents, started now (None for one at a
+    time: runs then go in this process); stopped when the block ends."""
     width = max(1, min(jobs, documents))
     if width == 1:
-        yield DocumentRunner(instance, None, 1)
+        yield None
         return
     pool = ProcessPoolExecutor(
         max_workers=width,
@@ -115,21 +122,37 @@ def document_runner(
         initargs=(settings, os.getpid()),
     )
     try:
-        yield DocumentRunner(instance, pool, width)
+        # One task per worker makes the pool start them all at once (it starts a process for a
+        # task that no idle worker can take).
+        for _ in range(width):
+            pool.submit(_started)
+        yield WorkerPool(pool, width)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+_worker_settings: Settings | None = None
 _worker_instance: DagsterInstance | None = None
 _busy = threading.Event()
 
 
 def _start_worker(settings: Settings, parent_pid: int) -> None:
-    global _worker_instance
-    _worker_instance = open_instance(settings)
+    """Import what runs need while the parent registers the files; the instance is opened at
+    the first run, once the parent has made sure its database exists."""
+    global _worker_settings
+    _worker_settings = settings
+    document_job()
+    if Settings.provider() == "local":
+        from doc_pipeline.core.local_embedding import embed_texts
+
+        embed_texts(["load the model"])
     threading.Thread(
         target=_exit_when_orphaned, args=(parent_pid,), name="orphan-check", daemon=True
     ).start()
+
+
+def _started() -> int:
+    return os.getpid()
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -143,9 +166,12 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _run_on_worker(document_id: str, assets: list[AssetKey], run_config: dict) -> RunReport:
-    assert _worker_instance is not None, "the worker was not started"
+    global _worker_instance
+    assert _worker_settings is not None, "the worker was not started"
     _busy.set()
     try:
+        if _worker_instance is None:
+            _worker_instance = open_instance(_worker_settings)
         return execute_document_run(_worker_instance, document_id, assets, run_config)
     finally:
         _busy.clear()

@@ -29,7 +29,7 @@ from doc_pipeline.db import store
 from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.db.failures import classify, describe
 from doc_pipeline.db.registration import register_file
-from doc_pipeline.document_runs import DocumentRunner, RunReport, document_runner
+from doc_pipeline.document_runs import DocumentRunner, RunReport, worker_pool
 from doc_pipeline.instance import open_instance
 from doc_pipeline.jobs import UP_TO_EMBEDDINGS
 from doc_pipeline.partitions import documents_partitions
@@ -97,17 +97,18 @@ class Ingestion:
 
     def run(self, files: list[Path]) -> list[IngestOutcome]:
         """Process the files (see `find_book_files`), each document once."""
-        engine = prepare_app_database(self.settings)
-        outcomes = self._register(engine, files)
-        by_document = {o.document_id: o for o in outcomes if o.document_id}
-        with open_instance(self.settings) as instance:
-            self._reap(instance, engine)
-            known = set(instance.get_dynamic_partitions(documents_partitions.name))
-            instance.add_dynamic_partitions(
-                documents_partitions.name, [d for d in by_document if d not in known]
-            )
-            documents = list(by_document.values())
-            with document_runner(instance, self.settings, self.jobs, len(documents)) as runner:
+        with worker_pool(self.settings, self.jobs, len(files)) as workers:
+            engine = prepare_app_database(self.settings)
+            outcomes = self._register(engine, files)
+            by_document = {o.document_id: o for o in outcomes if o.document_id}
+            with open_instance(self.settings) as instance:
+                self._reap(instance, engine)
+                known = set(instance.get_dynamic_partitions(documents_partitions.name))
+                instance.add_dynamic_partitions(
+                    documents_partitions.name, [d for d in by_document if d not in known]
+                )
+                documents = list(by_document.values())
+                runner = DocumentRunner(instance, workers)
                 self._execute_all(runner, engine, documents, UP_TO_EMBEDDINGS)
                 embedded = [o for o in documents if o.stage == "embedded"]
                 self._execute_all(runner, engine, embedded, CONNECTIONS)
@@ -123,18 +124,19 @@ class Ingestion:
     def rerun(self, document_ids: list[str], assets: list[AssetKey]) -> list[IngestOutcome]:
         """Materialize the assets again for registered documents (`doc-pipeline backfill`):
         one run per document; the AI ledger answers every request whose input is unchanged."""
-        engine = prepare_app_database(self.settings)
         outcomes = []
-        with open_instance(self.settings) as instance:
-            self._reap(instance, engine)
-            for document_id in document_ids:
-                document = store.get_document(engine, document_id)
-                outcome = IngestOutcome(
-                    source_file=document["source_file"], document_id=document_id
-                )
-                self.on_registered(outcome)
-                outcomes.append(outcome)
-            with document_runner(instance, self.settings, self.jobs, len(outcomes)) as runner:
+        with worker_pool(self.settings, self.jobs, len(document_ids)) as workers:
+            engine = prepare_app_database(self.settings)
+            with open_instance(self.settings) as instance:
+                self._reap(instance, engine)
+                for document_id in document_ids:
+                    document = store.get_document(engine, document_id)
+                    outcome = IngestOutcome(
+                        source_file=document["source_file"], document_id=document_id
+                    )
+                    self.on_registered(outcome)
+                    outcomes.append(outcome)
+                runner = DocumentRunner(instance, workers)
                 self._execute_all(runner, engine, outcomes, assets)
         self._fill_summaries(engine, outcomes)
         return outcomes

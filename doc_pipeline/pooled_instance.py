@@ -1,5 +1,5 @@
 """The Dagster instance class of doc_pipeline's homes (`instance_class` in dagster.yaml): the
-storage of dagster-postgres on pooled connections.
+storage of dagster-postgres on pooled connections, and its schema looked up once.
 
 dagster-postgres opens a new database connection for almost every read and write of the run
 and event-log storage (1.13.27 has no pool option: dagster-io/dagster#33935); a run of the
@@ -9,11 +9,19 @@ the instance (the CLI, run workers, the daemon, code servers). That method is no
 Dagster's documented API, so the Dagster packages are pinned and `test_pooled_instance.py`
 checks that the storages' engines are pooled, that disposing the instance closes them, and what
 a run costs in connections.
+
+Dagster's SQL storages also ask the database whether a table or column exists (SQLAlchemy
+reflection of the catalog) before many reads and writes, about 40 catalog queries a run, never
+cached. A table or column of the instance's schema that exists keeps existing while the
+instance is open (only `dagster instance migrate` adds them), so a "yes" is remembered; a "no"
+is asked again, so a migration made by another process meanwhile is still seen.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy.exc
@@ -43,6 +51,43 @@ def _ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             cursor.close()
 
 
+# The storages' schema checks that reflect the catalog on every call (dagster 1.13.27; the
+# others are cached by Dagster itself). `_on_connection` variants take a connection first.
+SCHEMA_CHECKS = {
+    "_event_storage": (
+        "has_table",
+        "has_asset_key_col",
+        "has_asset_key_index_cols",
+        "_has_asset_key_col_on_connection",
+        "_has_asset_key_index_cols_on_connection",
+    ),
+    "_run_storage": (
+        "has_run_stats_index_cols",
+        "has_bulk_actions_selector_cols",
+        "has_backfill_id_column",
+        "has_bulk_action_job_name_column",
+        "has_backfill_tags_table",
+    ),
+    "_schedule_storage": ("has_instigators_table", "has_secondary_index_table"),
+}
+
+
+def _remembering_yes(check: Callable[..., bool], takes_connection: bool) -> Callable[..., bool]:
+    known: set[tuple] = set()
+
+    @functools.wraps(check)
+    def remembered(*args: Any) -> bool:
+        key = args[1:] if takes_connection else args
+        if key in known:
+            return True
+        found = check(*args)
+        if found:
+            known.add(key)
+        return found
+
+    return remembered
+
+
 class PooledInstance(DagsterInstance):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,6 +98,16 @@ class PooledInstance(DagsterInstance):
         )
         for engine in self.storage_engines():
             event.listen(engine, "checkout", _ping)
+        self._remember_schema()
+
+    def _remember_schema(self) -> None:
+        for attribute, names in SCHEMA_CHECKS.items():
+            storage = getattr(self, attribute, None)
+            for name in names:
+                check = getattr(storage, name, None)
+                if check is not None:
+                    remembered = _remembering_yes(check, name.endswith("_on_connection"))
+                    setattr(storage, name, remembered)
 
     # A custom instance class must say its own config and defaults (InstanceRef.from_dir).
     @classmethod

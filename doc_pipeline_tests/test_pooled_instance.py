@@ -1,11 +1,13 @@
 """The project's Dagster instance class (`PooledInstance`, dagster.yaml's `instance_class`): its
 storage holds pooled connections, so a run opens a few database sessions instead of one per
 event; disposing the instance closes them. It relies on `optimize_for_webserver`, which is not
-documented API: these tests pin what it must do."""
+documented API, and it remembers the schema checks of Dagster's storages: these tests pin what
+both must do."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from doc_pipeline.db.app import prepare_app_database
 from doc_pipeline.db.registration import register_file
@@ -51,13 +53,25 @@ def test_runs_share_pooled_sessions_and_dispose_closes_them(postgres_server, tmp
         engines = instance.storage_engines()
         assert len(engines) == 3 and all(type(e.pool).__name__ == "QueuePool" for e in engines)
         instance.add_dynamic_partitions(documents_partitions.name, [document_id])
+        catalog_queries: list[str] = []
+
+        def count_catalog_queries(conn, cursor, statement, *args) -> None:
+            if "pg_catalog" in statement:
+                catalog_queries.append(statement)
+
+        for storage_engine in engines:
+            event.listen(storage_engine, "before_cursor_execute", count_catalog_queries)
         before, _ = _sessions(server, dagster_url.database)
         reports = [execute_document_run(instance, document_id, UP_TO_EMBEDDINGS, {})]
+        first_run_catalog_queries = len(catalog_queries)
         reports.append(execute_document_run(instance, document_id, UP_TO_EMBEDDINGS, {}))
         after, open_now = _sessions(server, dagster_url.database)
         assert [r.success for r in reports] == [True, True]
         assert after - before <= 2 * MOST_SESSIONS_PER_RUN, after - before
         assert open_now >= 1  # the pooled connections, kept for the next run
+        # Each schema check asked the catalog once (Dagster alone asks about 40 times a run).
+        assert 0 < first_run_catalog_queries <= 15, catalog_queries
+        assert len(catalog_queries) == first_run_catalog_queries, catalog_queries
     finally:
         instance.dispose()
     assert _sessions(server, dagster_url.database)[1] == 0
