@@ -1,6 +1,11 @@
 """The reaper's work on a Dagster instance (the rules are in core/reaper.py and core/resume.py):
 fail runs that are dead, give back their pool slots, and find failed documents to resume.
 
+A dead run is first terminated through its run launcher, so that a worker that is only hung
+(on another host, say) stops paying for AI requests; then it is failed, so that Dagster's run
+retries (and the reaper's own) resume it. A worker that reacts to the termination marks its run
+canceled; a run the reaper failed that ends canceled is failed again at the next look.
+
 Used by the `stale_run_reaper` sensor and, for runs of this host, by `doc-pipeline ingest`
 before it starts (a CLI run killed earlier must not hold its AI pool slot forever).
 """
@@ -34,6 +39,8 @@ STALE_AFTER_TAG = "doc_pipeline/stale_after_minutes"
 # run killed before its first heartbeat is known dead at once.
 WORKER_HOST_TAG = "doc_pipeline/worker_host"
 WORKER_PID_TAG = "doc_pipeline/worker_pid"
+# Why the reaper failed a run: its failure is reported again if the run ends up canceled.
+REAPED_TAG = "doc_pipeline/reaped"
 ASSET_ORDER = [key for asset in document_assets for key in asset.keys]
 
 
@@ -42,13 +49,18 @@ def reap_dead_runs(
 ) -> tuple[int, list[Verdict]]:
     """Fail the started runs that are dead, mark their documents failed (transient) and free
     their pool slots. Returns how many started runs were checked, and the verdicts."""
+    _fail_reaped_runs_that_ended_canceled(instance)
     records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
     beats = newest_beats(engine, [record.dagster_run.run_id for record in records])
+    launcher_checks_health = (
+        instance.run_monitoring_enabled and instance.run_launcher.supports_check_run_worker_health
+    )
     runs = []
     for record in records:
         run = record.dagster_run
         beat = beats.get(run.run_id)
         started = datetime.fromtimestamp(record.start_time, UTC) if record.start_time else None
+        worker_pid = _pid_tag(run.tags.get(WORKER_PID_TAG))
         runs.append(
             StartedRun(
                 run_id=run.run_id,
@@ -59,7 +71,9 @@ def reap_dead_runs(
                 beat_pid=beat.pid if beat else None,
                 stale_after=_stale_after_tag(run.tags.get(STALE_AFTER_TAG)),
                 worker_host=run.tags.get(WORKER_HOST_TAG),
-                worker_pid=_pid_tag(run.tags.get(WORKER_PID_TAG)),
+                worker_pid=worker_pid,
+                # The CLI's runs are carried out by the CLI, not by the launcher.
+                health_checked=launcher_checks_health and worker_pid is None,
             )
         )
     verdicts = dead_runs(
@@ -73,6 +87,10 @@ def reap_dead_runs(
         message = f"doc_pipeline reaper: run {verdict.run_id[:8]} failed because {verdict.reason}"
         if log:
             log.warning(message)
+        run = instance.get_run_by_id(verdict.run_id)
+        instance.add_run_tags(run.run_id, {REAPED_TAG: message[:1000]})
+        if WORKER_PID_TAG not in run.tags:  # launched by the launcher: it can stop the worker
+            _terminate(instance, run.run_id, log)
         instance.report_run_failed(instance.get_run_by_id(verdict.run_id), message=message)
         if instance.event_log_storage.supports_global_concurrency_limits:
             instance.event_log_storage.free_concurrency_slots_for_run(verdict.run_id)
@@ -81,6 +99,35 @@ def reap_dead_runs(
                 engine, verdict.document_id, TRANSIENT, f"{message}; a retry resumes it"
             )
     return len(runs), verdicts
+
+
+def _terminate(instance: DagsterInstance, run_id: str, log) -> None:
+    """Ask the run launcher to stop the run's worker; a launcher that cannot reach it (its code
+    server or host is gone too) is no reason not to fail the run."""
+    try:
+        stopped = instance.run_launcher.terminate(run_id)
+    except Exception as error:  # the launcher's own errors: gRPC, Kubernetes API, ...
+        stopped = False
+        reason = " ".join(str(error).split())[:300]
+        if log:
+            log.info(f"run {run_id[:8]}: the run launcher could not terminate it: {reason}")
+    if log and stopped:
+        log.info(f"run {run_id[:8]}: terminated through the run launcher")
+
+
+def _fail_reaped_runs_that_ended_canceled(instance: DagsterInstance) -> None:
+    """A hung worker that the termination woke up marks its run canceled, which Dagster does
+    not retry, possibly after the reaper failed it: fail such a run again."""
+    canceled = instance.get_run_records(
+        RunsFilter(
+            statuses=[DagsterRunStatus.CANCELED],
+            updated_after=datetime.now(UTC) - LOOKBACK,
+        )
+    )
+    for record in canceled:
+        run = record.dagster_run
+        if REAPED_TAG in run.tags:
+            instance.report_run_failed(run, message=run.tags[REAPED_TAG])
 
 
 def this_process_tags() -> dict[str, str]:

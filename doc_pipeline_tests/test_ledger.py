@@ -164,19 +164,43 @@ def test_a_live_lease_is_waited_for_not_paid_again(engine):
     assert result.hit and result.response == {"answer": 1} and result.saved_usd == Decimal("0.5")
 
 
-def test_a_holder_whose_lease_expired_still_finishes_cleanly(engine):
-    """A lease shorter than the request lets a second worker pay too (the price of a wrong
-    lease setting); the first answer stored stays, and neither worker fails."""
-    slow, fast = CountingFetch(delay=1.0), CountingFetch()
+def test_a_request_that_outlasts_its_lease_keeps_it(engine):
+    """The holder renews its lease while the request is in flight: a request five times longer
+    than the lease is still paid once; the other worker waits and is answered from the ledger."""
+    slow, fast = CountingFetch(delay=1.5), CountingFetch()
     results = {}
 
     def slow_worker() -> None:
-        ledger = Ledger(engine, lease_seconds=0.2)
+        ledger = Ledger(engine, lease_seconds=0.3)
         results["slow"] = ledger.call(REQUEST, slow, document_id="d", stage="s")
 
     thread = threading.Thread(target=slow_worker)
     thread.start()
-    time.sleep(0.5)  # the slow worker's lease has expired by now
+    time.sleep(0.6)  # twice the lease: it would have expired without renewals
+    results["fast"] = Ledger(engine, poll_seconds=0.05).call(
+        REQUEST, fast, document_id="d", stage="s"
+    )
+    thread.join(timeout=30)
+    assert slow.calls == 1 and fast.calls == 0
+    assert not results["slow"].hit and results["fast"].hit
+    assert [outcome for outcome, _ in _calls(engine)] == ["paid", "hit"]
+
+
+def test_a_holder_whose_lease_expired_still_finishes_cleanly(engine):
+    """A lease that expired all the same (its renewals could not reach the database) lets a
+    second worker pay too; the first answer stored stays, and neither worker fails."""
+    slow, fast = CountingFetch(delay=1.0), CountingFetch()
+    results = {}
+
+    def slow_worker() -> None:
+        ledger = Ledger(engine, lease_seconds=30)
+        results["slow"] = ledger.call(REQUEST, slow, document_id="d", stage="s")
+
+    thread = threading.Thread(target=slow_worker)
+    thread.start()
+    time.sleep(0.3)
+    with engine.begin() as conn:  # the renewal that did not happen
+        conn.execute(sa.text("UPDATE ai_responses SET lease_expires_at = now() - interval '1 s'"))
     results["fast"] = Ledger(engine).call(REQUEST, fast, document_id="d", stage="s")
     thread.join(timeout=30)
     assert slow.calls == 1 and fast.calls == 1

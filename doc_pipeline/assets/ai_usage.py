@@ -12,7 +12,7 @@ from doc_pipeline.resources.provider import Provider
 def ledger_scope(
     context: AssetExecutionContext, app_database: AppDatabase, provider: Provider, stage: str
 ) -> LedgerScope:
-    ledger = Ledger(app_database.engine, lease_seconds=provider.lease_seconds)
+    ledger = Ledger(app_database.engine)
     return LedgerScope(ledger, context.partition_key, stage, run_id=context.run_id)
 
 

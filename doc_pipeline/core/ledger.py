@@ -5,7 +5,10 @@ a lease may be taken over. The ledger's table and its transactions are in
 A request's key is a hash of the provider, model, prompt version and the canonical request, so
 the same request always has the same key. A lease is held by one worker process, named
 `host:pid:nonce`; it may be taken over when it expired, or when its holder ran on this host
-and its process is gone (a holder on another host can only be judged by the expiry).
+and its process is gone (a holder on another host can only be judged by the expiry). A holder
+renews its leases while its requests are in flight, however long they take (rate-limit waits,
+retries and back-off included), so a lease never expires under a live request, and one whose
+holder died (its whole host, say) expires after LEASE_SECONDS.
 """
 
 from __future__ import annotations
@@ -104,6 +107,12 @@ class LedgerTally:
             "ai_cost_usd": float(self.cost_usd),
             "ai_cost_saved_usd": float(self.saved_usd),
         }
+
+
+# How long a lease lasts unless renewed, and how often its holder renews it: a dead holder on
+# another host is known after at most LEASE_SECONDS; a live one renews twice within that time.
+LEASE_SECONDS = 120.0
+RENEWALS_PER_LEASE = 3
 
 
 def lease_owner() -> str:

@@ -7,6 +7,11 @@ It is also reaped when its newest heartbeat is older than `stale_after`, or when
 and started longer ago than that (unless its named worker is alive here: waiting for a pool slot
 is not silence). A run that is alive, for example one blocked for 20 minutes in one AI call with
 its heartbeat thread still beating, is never reaped.
+
+Where the run launcher checks its run workers' health (Kubernetes), Dagster's run monitoring
+says whether a worker is dead: a run of that launcher that never beat is left to it (its worker
+may be waiting for a pool slot on another host, where no pid can be checked); one whose beats
+stopped is still reaped, since its worker is alive to the launcher but hung.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class StartedRun:
     # The process its launcher said would run it (the CLI runs its runs in its own process).
     worker_host: str | None = None
     worker_pid: int | None = None
+    # Its launcher checks its worker's health, and Dagster's run monitoring acts on it.
+    health_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,11 @@ def dead_runs(
         if watched and not pid_alive(pid):
             reason = f"its run worker (pid {pid} on {this_host}) is gone"
         elif run.last_beat is None:
-            # A named worker alive here that never beat is waiting, e.g. for an `ai` pool slot.
+            # A named worker alive here that never beat is waiting, e.g. for an `ai` pool slot;
+            # so may be one the launcher watches.
             started = run.started_at
-            if not watched and started is not None and is_stale(started, now, stale_after):
+            judged_by_age = not watched and not run.health_checked
+            if judged_by_age and started is not None and is_stale(started, now, stale_after):
                 reason = f"it started {_minutes(now - started)} ago and never sent a heartbeat"
         elif is_stale(run.last_beat, now, stale_after):
             reason = (

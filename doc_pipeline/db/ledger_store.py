@@ -2,10 +2,11 @@
 
 Every AI request goes through `Ledger.call`. The answer is committed to the `ai_responses`
 table before the caller sees it; a later call with the same key is answered from there without
-calling the API (a hit); while one worker is paying for a key it holds a lease, and any other
-worker waits for the answer instead of paying again; a lease whose holder died is taken over
-(the rules: `doc_pipeline.core.ledger`). Every call, paid, hit or failed, is recorded in
-`ai_calls` with its tokens, cost, latency, document and stage.
+calling the API (a hit); while one worker is paying for a key it holds a lease, renewed for as
+long as the request is in flight, and any other worker waits for the answer instead of paying
+again; a lease whose holder died is taken over (the rules: `doc_pipeline.core.ledger`). Every
+call, paid, hit or failed, is recorded in `ai_calls` with its tokens, cost, latency, document
+and stage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
 from doc_pipeline.core.ledger import (
+    LEASE_SECONDS,
+    RENEWALS_PER_LEASE,
     AIAnswer,
     AIRequest,
     LedgerResult,
@@ -45,20 +48,96 @@ def _identity(request: AIRequest, key: str, context: dict) -> dict[str, Any]:
     }
 
 
+def _lease_expiry(seconds: float):
+    return sa.func.now() + sa.text(f"interval '{float(seconds)} seconds'")
+
+
+class LeaseRenewer:
+    """Extends the leases of the keys an owner is paying for, every `lease_seconds /
+    RENEWALS_PER_LEASE`, from a thread that runs while any is in flight."""
+
+    def __init__(self, engine: Engine, owner: str, lease_seconds: float) -> None:
+        self.engine, self.owner, self.lease_seconds = engine, owner, lease_seconds
+        self._keys: dict[str, int] = {}  # in flight: how many calls of ours pay for each
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def holding(self, key: str) -> _Holding:
+        return _Holding(self, key)
+
+    def _add(self, key: str) -> None:
+        with self._lock:
+            self._keys[key] = self._keys.get(key, 0) + 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="ledger-lease-renewer", daemon=True
+                )
+                self._thread.start()
+
+    def _remove(self, key: str) -> None:
+        with self._lock:
+            self._keys[key] -= 1
+            if not self._keys[key]:
+                del self._keys[key]
+            self._wake.notify()
+
+    def _run(self) -> None:
+        interval = self.lease_seconds / RENEWALS_PER_LEASE
+        while True:
+            with self._lock:
+                self._wake.wait_for(lambda: not self._keys, timeout=interval)
+                if not self._keys:
+                    self._thread = None
+                    return
+                keys = sorted(self._keys)
+            self.renew(keys)
+
+    def renew(self, keys: list[str]) -> None:
+        table = AIResponse.__table__
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.update(table)
+                    .where(
+                        table.c.key.in_(keys),
+                        table.c.state == "leased",
+                        table.c.lease_owner == self.owner,
+                    )
+                    .values(lease_expires_at=_lease_expiry(self.lease_seconds))
+                )
+        except sa.exc.SQLAlchemyError:
+            # The database is out of reach: the request's own write will fail the same way;
+            # the next renewal tries again.
+            return
+
+
+@dataclass
+class _Holding:
+    renewer: LeaseRenewer
+    key: str
+
+    def __enter__(self) -> None:
+        self.renewer._add(self.key)
+
+    def __exit__(self, *exc: object) -> None:
+        self.renewer._remove(self.key)
+
+
 class Ledger:
     def __init__(
         self,
         engine: Engine,
         *,
-        lease_seconds: float = 900.0,
+        lease_seconds: float = LEASE_SECONDS,
         poll_seconds: float = 0.5,
         owner: str | None = None,
     ) -> None:
-        # The lease must outlast the longest legitimate request (timeout times attempts).
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.owner = owner or lease_owner()
+        self._renewer = LeaseRenewer(engine, self.owner, lease_seconds)
 
     def call(
         self,
@@ -94,7 +173,7 @@ class Ledger:
     def _acquire(self, request: AIRequest, key: str, context: dict) -> bool:
         """Take the lease: a new key, an expired lease, or one whose holder died."""
         table = AIResponse.__table__
-        expires = sa.func.now() + sa.text(f"interval '{float(self.lease_seconds)} seconds'")
+        expires = _lease_expiry(self.lease_seconds)
         with self.engine.begin() as conn:
             inserted = conn.execute(
                 insert(table)
@@ -132,7 +211,8 @@ class Ledger:
     def _pay(self, request: AIRequest, key: str, fetch: Callable[[], AIAnswer], context: dict):
         started = time.perf_counter()
         try:
-            answer = fetch()
+            with self._renewer.holding(key):
+                answer = fetch()
         except BaseException as error:
             self._release(request, key, context, error, started)
             raise

@@ -110,12 +110,6 @@ class GeminiProvider(Provider):
     def embedding_dimensions(self) -> int:
         return self.dimensions
 
-    @property
-    def lease_seconds(self) -> float:
-        # Longer than one request can take with all its retries and back-off.
-        longest = max(self.request_timeout_seconds, self.embed_timeout_seconds)
-        return self.max_attempts * (longest + self.max_backoff_seconds) + 60
-
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._check_retry_settings()
         ai_chunking.load_prompt(self.document_type, self.prompt_version)  # known, or refused

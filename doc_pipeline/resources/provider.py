@@ -40,11 +40,6 @@ class Provider(ConfigurableResource):
     def embedding_dimensions(self) -> int:
         raise NotImplementedError
 
-    @property
-    def lease_seconds(self) -> float:
-        """How long an AI request may take before another worker may pay for it instead."""
-        return 900.0
-
     def extract(self, path: Path, name: str, scope: LedgerScope) -> ExtractedBook:
         """The book's markdown; a provider with a model also transcribes scanned PDF pages
         (through the ledger, in `scope`)."""
