@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -679,8 +678,6 @@ def export(
     """Print a document's chunks (those of its current version) as JSON lines: id, index,
     content, heading path, metadata, and connections in both directions (to chunks of other
     documents, strongest first)."""
-    from doc_pipeline.core.book_files import stored_source_path
-    from doc_pipeline.core.ids import document_id_for
     from doc_pipeline.db import store
 
     engine = _app_engine()
@@ -693,12 +690,7 @@ def export(
                 f"(it has {', '.join(map(str, versions))})[/red]"
             )
             raise typer.Exit(2)
-        chosen = versions[version]
-        path = stored_source_path(
-            _settings().blob_dir, document_id_for(chosen["content_sha256"]), chosen["source_file"]
-        )
-        with path.open("rb") as source:
-            shutil.copyfileobj(source, sys.stdout.buffer)
+        _write_stored_source(versions[version])
         return
     connections = store.connections_of_document(engine, document_id)
     for chunk in store.load_chunks(engine, document_id):
@@ -711,6 +703,28 @@ def export(
             "connections": connections.get(chunk["id"], []),
         }
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _write_stored_source(version: dict) -> None:
+    """A version's source file from the blob store to standard output, streamed; a store that
+    cannot be read is one line on standard error."""
+    from doc_pipeline import blob_store
+    from doc_pipeline.core.book_files import stored_source_key
+    from doc_pipeline.core.ids import document_id_for
+
+    key = stored_source_key(document_id_for(version["content_sha256"]), version["source_file"])
+    url = blob_store.join(_settings().blob_url, key)
+    try:
+        blob_store.copy_to(url, sys.stdout.buffer)
+    except blob_store.BlobStoreError as error:
+        problem = str(error)
+    except FileNotFoundError:
+        problem = f"stored copy {url} is missing"
+    else:
+        sys.stdout.buffer.flush()
+        return
+    err.print(f"[red]{escape(version['source_file'])}: {escape(problem)}[/red]", soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @app.command()

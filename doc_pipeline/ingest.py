@@ -22,6 +22,7 @@ import sqlalchemy.exc
 from dagster import AssetKey, DagsterInstance
 from sqlalchemy.engine import Engine
 
+from doc_pipeline.blob_store import BlobStoreError
 from doc_pipeline.core.atomic_write import StorageWriteError
 from doc_pipeline.core.failures import TRANSIENT
 from doc_pipeline.core.reaper import Verdict
@@ -147,12 +148,12 @@ class Ingestion:
             outcome = IngestOutcome(source_file=str(path))
             try:
                 registered = register_file(
-                    engine, self.settings.blob_dir, path, version_of=self.version_of
+                    engine, self.settings.blob_url, path, version_of=self.version_of
                 )
                 outcome.document_id = registered.document_id
                 outcome.version = registered.version
                 self.registration_warnings[registered.document_id] = list(registered.warnings)
-            except StorageWriteError as error:  # the blob store's disk, not the file
+            except (StorageWriteError, BlobStoreError) as error:  # the blob store, not the file
                 outcome.stage = "failed"
                 outcome.error_class = classify(error)
                 outcome.error_message = f"{path}: {error}"

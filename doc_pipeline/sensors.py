@@ -136,9 +136,7 @@ def uploads_sensor(
         try:
             with uploads.local_copy(file.path) as local:
                 # Its name there is an identity: the same name again is a new version.
-                registered = register_file(
-                    engine, source_store.blob_dir, local, upload_name=file.path
-                )
+                registered = register_file(engine, source_store.url, local, upload_name=file.path)
         except FileNotFoundError:
             context.log.info(f"{file.path}: removed before it could be read")
             seen.state.pop(file.path, None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 UPLOADS_URL_ENV = "DOC_PIPELINE_UPLOADS_URL"
+BLOB_URL_ENV = "DOC_PIPELINE_BLOB_URL"
 HOME_ENV = "DOC_PIPELINE_HOME"
 DATABASE_URL_ENV = "DATABASE_URL"
 DEFAULT_HOME = Path(".doc_pipeline")
@@ -50,6 +51,13 @@ class Settings:
         return self.home / "blobs"
 
     @property
+    def blob_url(self) -> str:
+        """Where source copies and the assets' outputs are kept: DOC_PIPELINE_BLOB_URL (any
+        fsspec URL, e.g. s3://bucket/prefix, for processes that share no disk), else the home's
+        `blobs` folder."""
+        return os.environ.get(BLOB_URL_ENV) or str(self.blob_dir)
+
+    @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
 
@@ -64,5 +72,6 @@ class Settings:
         return os.environ.get(UPLOADS_URL_ENV) or str(self.uploads_dir)
 
     def ensure_dirs(self) -> None:
-        for path in (self.home, self.blob_dir, self.dagster_home, self.uploads_dir):
+        blobs_here = () if os.environ.get(BLOB_URL_ENV) else (self.blob_dir,)
+        for path in (self.home, *blobs_here, self.dagster_home, self.uploads_dir):
             path.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def chunks(
     vectors, so that until then the current version stays whole."""
     document_id = context.partition_key
     engine = app_database.engine
-    scope = ledger_scope(context, app_database, provider, "chunks")
+    scope = ledger_scope(context, app_database, "chunks")
     started = time.perf_counter()
     with (
         liveness.heartbeat(context, app_database),

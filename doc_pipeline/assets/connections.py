@@ -95,7 +95,7 @@ def connections(
     transaction, so connections only point at chunks that exist."""
     document_id = context.partition_key
     engine = app_database.engine
-    scope = ledger_scope(context, app_database, provider, "connections")
+    scope = ledger_scope(context, app_database, "connections")
     engines = config.engines(provider)
     started = time.perf_counter()
     with (

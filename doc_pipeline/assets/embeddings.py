@@ -45,7 +45,7 @@ def embeddings(
     document_id = context.partition_key
     engine = app_database.engine
     model = provider.embedding_model
-    scope = ledger_scope(context, app_database, provider, "embeddings")
+    scope = ledger_scope(context, app_database, "embeddings")
     started = time.perf_counter()
     pending = chunks.get("pending_rows")
     superseded: dict[str, MetadataValue] = {}

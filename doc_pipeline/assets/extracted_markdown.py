@@ -1,8 +1,8 @@
 import time
-from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from doc_pipeline import blob_store
 from doc_pipeline.assets import catalog, versions
 from doc_pipeline.assets.ai_usage import ai_usage_metadata, ledger_scope
 from doc_pipeline.concurrency import AI_POOL
@@ -37,16 +37,16 @@ def extracted_markdown(
     paragraphs and headings, and where each page begins); no licence boilerplate."""
     document_id = context.partition_key
     engine = app_database.engine
-    scope = ledger_scope(context, app_database, provider, "transcription")
+    scope = ledger_scope(context, app_database, "transcription")
     started = time.perf_counter()
     with (
         liveness.heartbeat(context, app_database),
         expected_failures(),
         tracked_stage(engine, document_id, "extracting", "extracted"),
     ):
-        book = provider.extract(
-            Path(source_document["stored_path"]), source_document["source_file"], scope
-        )
+        # The EPUB and PDF readers need a local file: in an object store, a temporary copy.
+        with blob_store.local_copy(source_document["stored_path"]) as local:
+            book = provider.extract(local, source_document["source_file"], scope)
         store.update_document_fields(
             engine,
             document_id,

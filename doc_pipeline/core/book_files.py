@@ -7,9 +7,15 @@ from pathlib import Path
 SUPPORTED_SUFFIXES = (".epub", ".pdf")
 
 
+def stored_source_key(document_id: str, source_file: str) -> str:
+    """The copy's name in the blob store, relative to its location (a folder or a URL)."""
+    # Only the suffix of the untrusted upload name is used in the name.
+    return f"sources/{document_id}{Path(source_file).suffix.lower()}"
+
+
 def stored_source_path(blob_dir: Path, document_id: str, source_file: str) -> Path:
-    # Only the suffix of the untrusted upload name is used in the path.
-    return blob_dir / "sources" / f"{document_id}{Path(source_file).suffix.lower()}"
+    """The copy's path in a blob store that is a local folder."""
+    return blob_dir / stored_source_key(document_id, source_file)
 
 
 def find_book_files(paths: list[Path]) -> list[Path]:

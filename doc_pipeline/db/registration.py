@@ -10,14 +10,15 @@ An identifier shared by a different book makes a new document, with a warning.""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from doc_pipeline.core.atomic_write import copy_atomically
-from doc_pipeline.core.book_files import stored_source_path
+from doc_pipeline import blob_store
+from doc_pipeline.core.book_files import stored_source_key
 from doc_pipeline.core.books import InvalidBookError
 from doc_pipeline.core.extraction import extract_book
 from doc_pipeline.core.identity import SAME_BOOK_OVERLAP, book_identifiers, text_overlap
@@ -32,7 +33,7 @@ class RegisteredFile:
     document_id: str
     content_sha256: str
     source_file: str
-    stored_path: Path
+    stored_url: str  # the copy in the blob store (a local path or a URL)
     is_new: bool  # bytes never seen before (a new document or a new version)
     version: int = 1
     warnings: tuple[str, ...] = field(default=())
@@ -44,27 +45,28 @@ class UnknownDocumentError(LookupError):
 
 def register_file(
     engine: Engine,
-    blob_dir: Path,
+    blob_url: str | os.PathLike[str],
     path: Path,
     *,
     version_of: str | None = None,
     upload_name: str | None = None,
 ) -> RegisteredFile:
-    """Copy the file into the blob store under its content's id and register it.
+    """Copy the file into the blob store at `blob_url` (a folder or any fsspec URL) under its
+    content's id and register it.
 
     `version_of`: the document it is a new version of (the user said so). `upload_name`: its
     path in the uploads location, an identity of its own (the same name again is a version)."""
     sha256 = file_sha256(path)
-    target = stored_source_path(blob_dir, document_id_for(sha256), path.name)
+    target = blob_store.join(str(blob_url), stored_source_key(document_id_for(sha256), path.name))
     known = store.find_version(engine, sha256)
     if known is not None:
         document_id, version = known
         return RegisteredFile(document_id, sha256, path.name, target, False, version)
     if version_of is not None and store.get_document(engine, version_of) is None:
         raise UnknownDocumentError(f"--version-of {version_of}: no such document")
-    if not target.exists():
-        # All or nothing: a copy cut short (full disk) is never there to be read back.
-        copy_atomically(path, target)
+    if not blob_store.exists(target):
+        # All or nothing: a copy cut short (full disk, outage) is never there to be read back.
+        blob_store.store_file(path, target)
     identities = [*book_identifiers(path, path.name)]
     if upload_name:
         identities.append(UPLOAD_IDENTITY + upload_name)
