@@ -83,6 +83,46 @@ def fake():
 
 
 @pytest.fixture
+def start_host(tmp_path):
+    """Starts programs on other hosts (hosts.py); every host is killed at the end, also when
+    the test fails. `start_host(name, argv, env, pid=None)` returns the Host."""
+    from doc_pipeline_tests.hosts import start_on_host
+
+    started = []
+
+    def start(name: str, argv, env: dict[str, str], pid: int | None = None):
+        log = tmp_path / f"host-{name}-{len(started)}.log"
+        host = start_on_host(name, [str(a) for a in argv], env, log, cwd=PROJECT_ROOT, pid=pid)
+        started.append(host)
+        return host
+
+    try:
+        yield start
+    finally:
+        for host in started:
+            host.kill()
+
+
+@pytest.fixture
+def s3():
+    """An S3-compatible server (moto's) with the test bucket, stopped by the test."""
+    from doc_pipeline_tests.object_store import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_module():
+    """As `s3`, one for a test module (its tests keep their blobs under prefixes of their own:
+    a new server starts with no buckets)."""
+    from doc_pipeline_tests.object_store import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
 def pipeline(postgres_server, tmp_path, fake):
     """The gemini provider through the CLI, in a fresh home and database."""
     from doc_pipeline_tests.gemini_pipeline import GeminiPipeline

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -33,37 +32,17 @@ from doc_pipeline.document_runs import document_job
 from doc_pipeline.instance import open_instance
 from doc_pipeline.run_recovery import REAPED_TAG, reap_dead_runs
 from doc_pipeline.settings import Settings
-from doc_pipeline_tests.conftest import PROJECT_ROOT, create_database, use_home
-from doc_pipeline_tests.hosts import Host, start_on_host
+from doc_pipeline_tests.conftest import create_database, use_home
+from doc_pipeline_tests.hosts import Host
 from doc_pipeline_tests.ledger_counts import ai_call_counts
 from doc_pipeline_tests.processes import free_port, wait_until
 from doc_pipeline_tests.remote_worker import ANSWER, REQUEST
 
-StartHost = Callable[..., Host]
 
-
-@pytest.fixture
-def start_host(tmp_path) -> Iterator[StartHost]:
-    """Starts programs on other hosts; every host is killed at the end, also on failure."""
-    started: list[Host] = []
-
-    def start(name: str, *argv: object, pid: int | None = None) -> Host:
-        host = start_on_host(
-            name,
-            [sys.executable, "-m", "doc_pipeline_tests.remote_worker", *map(str, argv)],
-            dict(os.environ),
-            tmp_path / f"{name}-{len(started)}.log",
-            cwd=PROJECT_ROOT,
-            pid=pid,
-        )
-        started.append(host)
-        return host
-
-    try:
-        yield start
-    finally:
-        for host in started:
-            host.kill()
+def _remote(start_host, name: str, *args: object, pid: int | None = None) -> Host:
+    """remote_worker.py's command on the host `name`."""
+    argv = [sys.executable, "-m", "doc_pipeline_tests.remote_worker", *args]
+    return start_host(name, argv, dict(os.environ), pid=pid)
 
 
 @pytest.fixture
@@ -108,7 +87,7 @@ def test_a_live_holder_on_another_host_keeps_its_lease_however_long_its_request(
     app_database_url, engine, start_host, tmp_path
 ):
     release = tmp_path / "release"
-    start_host("worker-b", "pay", app_database_url, 1.0, release)
+    _remote(start_host, "worker-b", "pay", app_database_url, 1.0, release)
     first = wait_until(lambda: _lease(engine), 60, "worker-b to hold the lease", 0.05)
     assert first.lease_owner.startswith("worker-b:")
 
@@ -130,7 +109,7 @@ def test_a_live_holder_on_another_host_keeps_its_lease_however_long_its_request(
 def test_a_lease_held_on_a_dead_host_is_taken_over_once_it_expired(
     app_database_url, engine, start_host, tmp_path
 ):
-    host = start_host("worker-b", "pay", app_database_url, 3.0, tmp_path / "never")
+    host = _remote(start_host, "worker-b", "pay", app_database_url, 3.0, tmp_path / "never")
     wait_until(lambda: _lease(engine), 60, "worker-b to hold the lease", 0.05)
     host.kill()  # the whole host, mid-request: nothing is left to renew or release the lease
     killed_at = time.monotonic()
@@ -209,7 +188,7 @@ def test_the_reaper_judges_a_worker_on_another_host_by_its_heartbeats_alone(
     instance, engine, url = instance_and_engine
     run = _started_run(instance, engine, "remoteworker001", timedelta(seconds=1))
     pid = _pid_free_here()
-    host = start_host("worker-b", "beat", url, run.run_id, "remoteworker001", 0.2, pid=pid)
+    host = _remote(start_host, "worker-b", "beat", url, run.run_id, "remoteworker001", 0.2, pid=pid)
     beat = wait_until(lambda: _beats(engine, run.run_id), 60, "worker-b's heartbeat", 0.05)
     assert beat[0].host == "worker-b" and beat[0].pid == pid  # a pid no process has here
     host.kill()

@@ -10,19 +10,14 @@ run them, in subprocesses with that environment.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import re
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import s3fs
 from dagster import build_sensor_context
-from moto.server import ThreadedMotoServer
 
 from doc_pipeline import blob_store
 from doc_pipeline.core.failures import TRANSIENT
@@ -37,75 +32,11 @@ from doc_pipeline.resources.uploads import Uploads
 from doc_pipeline.sensors import uploads_sensor
 from doc_pipeline.settings import BLOB_URL_ENV, Settings
 from doc_pipeline_tests.conftest import CORPUS, create_database, use_home
+from doc_pipeline_tests.object_store import BLOB_URL, BUCKET
 from doc_pipeline_tests.outages import RABBIT, SHERLOCK, LocalPipeline
-from doc_pipeline_tests.processes import free_port, run_cli, stop_process_group
+from doc_pipeline_tests.processes import run_cli, stop_process_group
 
 FLATLAND = CORPUS / "epub" / "se-abbott-flatland.epub3.epub"
-BUCKET = "books"
-BLOB_URL = f"s3://{BUCKET}/blobs"
-
-
-class S3Server:
-    """moto's S3 server in this process, on a free port; `stop` may be called more than once."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.running = False
-
-    def start(self) -> None:
-        self._server.start()
-        self.running = True
-        # moto keeps its buckets in this process, also across servers: start empty.
-        reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
-        urllib.request.urlopen(reset, timeout=30).close()
-
-    def stop(self) -> None:
-        if self.running:
-            self.running = False
-            self._server.stop()
-
-    def environment(self, home: Path) -> dict[str, str]:
-        """What a process needs to use this server: its endpoint and fake credentials, and no
-        AWS settings of the machine's (profiles, config files, instance metadata)."""
-        return {
-            "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": str(home / "no-aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-            # botocore retries a refused connection 4 times by default; an outage is seen
-            # sooner with one retry, and is classified the same way.
-            "AWS_MAX_ATTEMPTS": "2",
-        }
-
-    def client(self) -> s3fs.S3FileSystem:
-        """The test's own view of the bucket (not the cached instance the code under test
-        uses)."""
-        return s3fs.S3FileSystem(
-            endpoint_url=self.endpoint, key="testing", secret="testing", skip_instance_cache=True
-        )
-
-
-@pytest.fixture
-def s3() -> Iterator[S3Server]:
-    access_log = logging.getLogger("werkzeug")  # moto's server logs every request
-    level = access_log.level
-    access_log.setLevel(logging.ERROR)
-    server = S3Server()
-    # fsspec caches file systems by their arguments, not by the environment they read.
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
-        server.start()
-        server.client().mkdir(BUCKET)
-        yield server
-    finally:
-        server.stop()
-        s3fs.S3FileSystem.clear_instance_cache()
-        access_log.setLevel(level)
 
 
 def _use_in_this_process(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> None:
