@@ -1,3 +1,3 @@
-from doc_pipeline.cli import app
+from doc_pipeline.cli import main
 
-app(prog_name="doc-pipeline")
+main()

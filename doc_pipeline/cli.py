@@ -38,6 +38,17 @@ db_app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 
+
+def main() -> None:
+    """The `doc-pipeline` command: settings that cannot work are one line, not a trace."""
+    from doc_pipeline.core.failures import InvalidSettings
+
+    try:
+        app(prog_name="doc-pipeline")
+    except InvalidSettings as error:
+        err.print(f"[red]{escape(str(error))}[/red]", soft_wrap=True)
+        raise SystemExit(2) from None
+
 out = Console()
 err = Console(stderr=True)
 

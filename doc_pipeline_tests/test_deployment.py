@@ -12,6 +12,7 @@ deploy/dagster.yaml, which is what the chart must render from them.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -38,7 +39,10 @@ from dagster_k8s.job import construct_dagster_k8s_job
 from sqlalchemy.engine import make_url
 
 from doc_pipeline.concurrency import PARTITION_TAG
+from doc_pipeline.core.failures import InvalidSettings
+from doc_pipeline.settings import BLOB_URL_ENV, UPLOADS_URL_ENV, Settings
 from doc_pipeline_tests.conftest import PROJECT_ROOT, create_database
+from doc_pipeline_tests.processes import run_cli
 
 DEPLOY = PROJECT_ROOT / "deploy"
 VALUES = DEPLOY / "helm" / "values.yaml"
@@ -579,3 +583,27 @@ def test_the_k8s_extra_pins_dagster_k8s_with_the_other_dagster_packages():
     assert pins["dagster-k8s"] == pins["dagster-postgres"]
     assert "dagster-k8s==" + pins["dagster-k8s"] in extras["test"]
     assert version("dagster-k8s") == pins["dagster-k8s"]
+
+
+def test_in_a_pod_no_default_on_the_pods_own_disk_is_used(postgres_server, tmp_path, monkeypatch):
+    """In a Kubernetes pod (KUBERNETES_SERVICE_HOST is set) a missing DATABASE_URL, blob store
+    or uploads URL is one line naming the variable, instead of an embedded Postgres or folders
+    on the pod's own disk that other pods never see and that go with the pod."""
+    book = PROJECT_ROOT.parent / "shared/corpus/epub/pg14838-peter-rabbit.epub3.epub"
+    pod = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DOC_PIPELINE_", "DATABASE"))},
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "DOC_PIPELINE_HOME": str(tmp_path / "home"),
+    }
+    missing_database = run_cli(pod, "ingest", book, timeout=120)
+    with_database = pod | {"DATABASE_URL": create_database(postgres_server)}
+    missing_blobs = run_cli(with_database, "ingest", book, timeout=120)
+    for result, variable in ((missing_database, "DATABASE_URL"), (missing_blobs, BLOB_URL_ENV)):
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().startswith(f"{variable} is not set: in a Kubernetes pod")
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "home" / "pgdata").exists()
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.delenv(UPLOADS_URL_ENV, raising=False)
+    with pytest.raises(InvalidSettings, match=UPLOADS_URL_ENV):
+        Settings(home=tmp_path / "home", database_url=None).uploads_url  # noqa: B018

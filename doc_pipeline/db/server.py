@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from doc_pipeline.settings import Settings
+from doc_pipeline.settings import DATABASE_URL_ENV, Settings, required_in_pods
 
 APP_DATABASE = "doc_pipeline"
 DAGSTER_DATABASE = "dagster"
@@ -130,6 +130,7 @@ def resolve_database_urls(home: Path, database_url: str | None) -> DatabaseUrls:
         )
         return DatabaseUrls(app=app_url, dagster=dagster_url, embedded_pid=None, admin=app_url)
 
+    required_in_pods(DATABASE_URL_ENV, "the app database must be a Postgres server with pgvector")
     server_url, pid = _start_embedded(Settings(home=home, database_url=None).pgdata)
     base = make_url(server_url)
     _create_database_if_missing(server_url, APP_DATABASE)
