@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +42,7 @@ WORKER_HOST_TAG = "doc_pipeline/worker_host"
 WORKER_PID_TAG = "doc_pipeline/worker_pid"
 # Why the reaper failed a run: its failure is reported again if the run ends up canceled.
 REAPED_TAG = "doc_pipeline/reaped"
+TERMINATE_WAIT_SECONDS = 5.0
 ASSET_ORDER = [key for asset in document_assets for key in asset.keys]
 
 
@@ -89,7 +91,9 @@ def reap_dead_runs(
             log.warning(message)
         run = instance.get_run_by_id(verdict.run_id)
         instance.add_run_tags(run.run_id, {REAPED_TAG: message[:1000]})
-        if WORKER_PID_TAG not in run.tags:  # launched by the launcher: it can stop the worker
+        # A worker that may be alive (hung, or on another host), launched by the launcher (not
+        # the CLI): the launcher can stop it.
+        if not verdict.worker_gone and WORKER_PID_TAG not in run.tags:
             _terminate(instance, run.run_id, log)
         instance.report_run_failed(instance.get_run_by_id(verdict.run_id), message=message)
         if instance.event_log_storage.supports_global_concurrency_limits:
@@ -102,17 +106,30 @@ def reap_dead_runs(
 
 
 def _terminate(instance: DagsterInstance, run_id: str, log) -> None:
-    """Ask the run launcher to stop the run's worker; a launcher that cannot reach it (its code
-    server or host is gone too) is no reason not to fail the run."""
-    try:
-        stopped = instance.run_launcher.terminate(run_id)
-    except Exception as error:  # the launcher's own errors: gRPC, Kubernetes API, ...
-        stopped = False
-        reason = " ".join(str(error).split())[:300]
-        if log:
-            log.info(f"run {run_id[:8]}: the run launcher could not terminate it: {reason}")
-    if log and stopped:
+    """Ask the run launcher to stop the run's worker, waiting at most TERMINATE_WAIT_SECONDS; a
+    launcher that cannot reach it (its code server or host is gone too) is no reason not to
+    fail the run. The request goes on in the background past that: the default launcher asks
+    the code server that launched the run, which is where this sensor runs, and `dagster dev`'s
+    code server answers it only once the sensor's evaluation has ended."""
+    outcome: dict = {}
+
+    def request() -> None:
+        try:
+            outcome["stopped"] = instance.run_launcher.terminate(run_id)
+        except Exception as error:  # the launcher's own errors: gRPC, Kubernetes API, ...
+            outcome["error"] = " ".join(str(error).split())[:300]
+
+    thread = threading.Thread(target=request, name=f"terminate-{run_id[:8]}", daemon=True)
+    thread.start()
+    thread.join(TERMINATE_WAIT_SECONDS)
+    if not log:
+        return
+    if outcome.get("stopped"):
         log.info(f"run {run_id[:8]}: terminated through the run launcher")
+    elif "error" in outcome:
+        log.info(f"run {run_id[:8]}: the run launcher could not terminate it: {outcome['error']}")
+    elif thread.is_alive():
+        log.info(f"run {run_id[:8]}: termination requested through the run launcher")
 
 
 def _fail_reaped_runs_that_ended_canceled(instance: DagsterInstance) -> None:

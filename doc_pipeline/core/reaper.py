@@ -49,10 +49,13 @@ class Verdict:
     run_id: str
     document_id: str | None
     reason: str
+    # Its worker's process is known to be gone; otherwise it may be alive but hung.
+    worker_gone: bool = False
 
 
-def _minutes(delta: timedelta) -> str:
-    return f"{delta.total_seconds() / 60:.0f} min"
+def _duration(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def dead_runs(
@@ -68,6 +71,7 @@ def dead_runs(
     for run in runs:
         stale_after = run.stale_after or default_stale_after
         reason = None
+        gone = False
         host, pid = (
             (run.beat_host, run.beat_pid)
             if run.beat_pid is not None
@@ -76,18 +80,19 @@ def dead_runs(
         watched = host == this_host and pid is not None
         if watched and not pid_alive(pid):
             reason = f"its run worker (pid {pid} on {this_host}) is gone"
+            gone = True
         elif run.last_beat is None:
             # A named worker alive here that never beat is waiting, e.g. for an `ai` pool slot;
             # so may be one the launcher watches.
             started = run.started_at
             judged_by_age = not watched and not run.health_checked
             if judged_by_age and started is not None and is_stale(started, now, stale_after):
-                reason = f"it started {_minutes(now - started)} ago and never sent a heartbeat"
+                reason = f"it started {_duration(now - started)} ago and never sent a heartbeat"
         elif is_stale(run.last_beat, now, stale_after):
             reason = (
-                f"its last heartbeat was {_minutes(now - run.last_beat)} ago "
-                f"(stale after {_minutes(stale_after)})"
+                f"its last heartbeat was {_duration(now - run.last_beat)} ago "
+                f"(stale after {_duration(stale_after)})"
             )
         if reason:
-            verdicts.append(Verdict(run.run_id, run.document_id, reason))
+            verdicts.append(Verdict(run.run_id, run.document_id, reason, worker_gone=gone))
     return verdicts

@@ -70,3 +70,22 @@ def test_a_job_can_allow_its_runs_a_longer_silence():
     assert _judge(patient, _run("other", beat_minutes_ago=45)).keys() == {"other"}
     late = _run("late", beat_minutes_ago=61, started_minutes_ago=120, stale_after=hour)
     assert "stale after 60 min" in _judge(late)["late"]
+
+
+def test_a_verdict_says_whether_the_worker_is_known_gone():
+    """Only a worker that may be alive (silent, hung, on another host) is worth terminating."""
+    verdicts = dead_runs(
+        [_run("gone", beat_minutes_ago=0), _run("silent", beat_minutes_ago=31, pid=12)],
+        now=NOW,
+        stale_after=STALE,
+        this_host="here",
+        pid_alive=lambda pid: pid != 10,
+    )
+    assert {v.run_id: v.worker_gone for v in verdicts} == {"gone": True, "silent": False}
+
+
+def test_short_silences_are_said_in_seconds():
+    seconds = timedelta(seconds=9)
+    run = StartedRun("r", "doc", NOW, NOW - timedelta(seconds=12), "there", 1, stale_after=seconds)
+    (verdict,) = dead_runs([run], now=NOW, stale_after=STALE, this_host="here", pid_alive=bool)
+    assert "was 12 s ago (stale after 9 s)" in verdict.reason
