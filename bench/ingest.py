@@ -15,6 +15,14 @@ and layout of ours on their own.
 
     python bench/ingest.py [--corpus ../shared/corpus/epub] [--pdf-corpus ../shared/corpus/pdf]
                            [--repeat 5] [--json]
+    python bench/ingest.py --library [--jobs 1,2] [--json]
+
+`--library`: the corpus's EPUBs and their parts repackaged as EPUBs of their own (33 documents,
+bench/library.py) ingested by `doc-pipeline ingest --jobs N` (a subprocess, as a user runs it,
+each N into a database of its own on the same server), against the bare script of
+bench/library.py (ebooklib, markdownify, hashed vectors, COPY, HNSW neighbours; also a
+subprocess) on the same books in the same run: wall time, words/s, the ratio to the bare
+script, and the sessions each run opened on the Dagster instance's database.
 
 Runs in a temporary home with its own embedded Postgres, stopped at the end.
 """
@@ -200,6 +208,134 @@ def _print_ingest(title: str, figures: dict) -> None:
     print(f"outside extract/chunk/embed: {figures['overhead_share']:.1%} of wall time")
 
 
+def _sessions(server_url: str, database: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(server_url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        opened = conn.execute(
+            sa.text("SELECT sessions FROM pg_stat_database WHERE datname = :name"),
+            {"name": database},
+        ).scalar()
+    engine.dispose()
+    return int(opened or 0)
+
+
+def _timed(argv: list, env: dict[str, str]):
+    """Run a command; its result, wall seconds and CPU seconds (user and system, of it and
+    the children it waited for: --jobs workers; not the Postgres server's)."""
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result, wall, cpu
+
+
+def library_figures(home: Path, server_url: str, jobs: list[int]) -> dict:
+    """The library through `doc-pipeline ingest --jobs N` for each N, and the bare script."""
+    import subprocess
+
+    import sqlalchemy as sa
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from library import make_library
+
+    library = home / "library"
+    books = make_library(sorted((CORPUS / "epub").glob("*.epub")), library)
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        for name in ["bare", *(f"jobs_{n}" for n in jobs)]:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    url = sa.engine.make_url(server_url)
+    bare, wall, cpu = _timed(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "library.py"),
+            "--bare",
+            url.set(database="bare").render_as_string(hide_password=False),
+            str(library),
+        ],
+        dict(os.environ),
+    )
+    if bare.returncode:
+        sys.exit(f"the bare script failed:\n{bare.stderr[-2000:]}")
+    bare_figures = json.loads(bare.stdout) | {
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
+    }
+    runs = {}
+    for n in jobs:
+        database = url.set(database=f"jobs_{n}").render_as_string(hide_password=False)
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "DAGSTER_HOME")},
+            "DOC_PIPELINE_HOME": str(home / f"home-{n}"),
+            "DATABASE_URL": database,
+            "DOC_PIPELINE_PROVIDER": "local",
+        }
+        # The instance's database made and migrated first: set-up, not ingest time.
+        subprocess.run(
+            [sys.executable, "-m", "doc_pipeline", "status"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        before = _sessions(server_url, f"jobs_{n}_dagster")
+        result, wall, cpu = _timed(
+            [sys.executable, "-m", "doc_pipeline", "ingest", "--json", "--jobs", str(n), library],
+            env,
+        )
+        outcomes = json.loads(result.stdout)
+        failed = [
+            f"{o['source_file']}: {o['stage']} ({o['error_message']})"
+            for o in outcomes
+            if o["stage"] != "connected"
+        ]
+        if failed:
+            sys.exit(f"--jobs {n}: not connected: {failed}\n{result.stderr[-2000:]}")
+        run_count = sum(len(o["run_ids"]) for o in outcomes)
+        opened = _sessions(server_url, f"jobs_{n}_dagster") - before
+        runs[n] = {
+            "wall_seconds": round(wall, 2),
+            "cpu_seconds": round(cpu, 2),
+            "words_per_second": round(bare_figures["words"] / wall),
+            "ratio_to_bare": round(wall / bare_figures["wall_seconds"], 2),
+            "cpu_ratio_to_bare": round(cpu / bare_figures["cpu_seconds"], 2),
+            "runs": run_count,
+            "dagster_sessions": opened,
+            "sessions_per_run": round(opened / run_count, 1),
+            "chunks": sum(o["chunks"] for o in outcomes),
+        }
+    bare_figures["words_per_second"] = round(bare_figures["words"] / bare_figures["wall_seconds"])
+    return {"documents": len(books), "bare": bare_figures, "ingest": runs}
+
+
+def _print_library(figures: dict) -> None:
+    bare = figures["bare"]
+    print(f"Library: {figures['documents']} EPUBs, {bare['words']:,} words")
+    print(
+        "| run | wall s | words/s | wall / bare | CPU s | CPU / bare | runs | Dagster sessions"
+        " | per run | chunks |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| bare script | {bare['wall_seconds']} | {bare['words_per_second']:,} | 1.00 |"
+        f" {bare['cpu_seconds']} | 1.00 | | | | {bare['chunks']} |"
+    )
+    for n, row in figures["ingest"].items():
+        print(
+            f"| ingest --jobs {n} | {row['wall_seconds']} | {row['words_per_second']:,} |"
+            f" {row['ratio_to_bare']:.2f} | {row['cpu_seconds']} | {row['cpu_ratio_to_bare']:.2f}"
+            f" | {row['runs']} | {row['dagster_sessions']} | {row['sessions_per_run']} |"
+            f" {row['chunks']} |"
+        )
+
+
 def _print_pdfs(rows: list[dict], repeat: int) -> None:
     print(f"\nPDF extraction, best of {repeat}: pdf_to_markdown (ours) against raw pypdfium2 text")
     print(
@@ -222,7 +358,29 @@ def main() -> None:
     parser.add_argument("--pdf-corpus", type=Path, default=CORPUS / "pdf")
     parser.add_argument("--repeat", type=int, default=5, help="best of N for PDF extraction")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--library", action="store_true", help="the library benchmark instead")
+    parser.add_argument("--jobs", default="1,2", help="--library: the --jobs values to time")
     args = parser.parse_args()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if args.library:
+        home = Path(tempfile.mkdtemp(prefix="doc-pipeline-bench-"))
+        os.environ["DOC_PIPELINE_HOME"] = str(home / "server")
+        os.environ.pop("DATABASE_URL", None)
+        from doc_pipeline.db.server import database_urls, stop_embedded
+        from doc_pipeline.settings import Settings
+
+        settings = Settings.from_env()
+        try:
+            admin = database_urls(settings).admin
+            figures = library_figures(home, admin, [int(n) for n in args.jobs.split(",")])
+        finally:
+            stop_embedded(settings.pgdata)
+        if args.json:
+            print(json.dumps({"machine": machine, "library": figures}, indent=2))
+        else:
+            print(machine)
+            _print_library(figures)
+        return
     books = sorted(args.corpus.glob("*.epub"))
     if not books:
         sys.exit(f"no .epub files in {args.corpus}")
@@ -250,7 +408,6 @@ def main() -> None:
     finally:
         stop_embedded(settings.pgdata)
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     if args.json:
         figures = {
             "machine": machine,
