@@ -14,6 +14,18 @@ import urllib.request
 from collections.abc import Callable
 
 
+def ended_process_pid() -> int:
+    """A pid that no process has now: that of a process that just ended (pids are not reused
+    for a long while)."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(ended.stdout)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

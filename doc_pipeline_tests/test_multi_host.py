@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import create_database, use_home
 from doc_pipeline_tests.hosts import Host
 from doc_pipeline_tests.ledger_counts import ai_call_counts
-from doc_pipeline_tests.processes import free_port, wait_until
+from doc_pipeline_tests.processes import ended_process_pid, free_port, wait_until
 from doc_pipeline_tests.remote_worker import ANSWER, REQUEST
 
 
@@ -136,17 +135,6 @@ def instance_and_engine(postgres_server, tmp_path, monkeypatch):
     engine.dispose()
 
 
-def _pid_free_here() -> int:
-    """A pid that no process of this host has now (that of a process that just ended)."""
-    ended = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    )
-    return int(ended.stdout)
-
-
 def _started_run(instance: DagsterInstance, engine, document_id: str, started_ago: timedelta):
     store.register_document(
         engine,
@@ -187,7 +175,7 @@ def test_the_reaper_judges_a_worker_on_another_host_by_its_heartbeats_alone(
 ):
     instance, engine, url = instance_and_engine
     run = _started_run(instance, engine, "remoteworker001", timedelta(seconds=1))
-    pid = _pid_free_here()
+    pid = ended_process_pid()
     host = _remote(start_host, "worker-b", "beat", url, run.run_id, "remoteworker001", 0.2, pid=pid)
     beat = wait_until(lambda: _beats(engine, run.run_id), 60, "worker-b's heartbeat", 0.05)
     assert beat[0].host == "worker-b" and beat[0].pid == pid  # a pid no process has here

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,6 +21,7 @@ from doc_pipeline.resources.recovery import Recovery
 from doc_pipeline.sensors import stale_run_reaper
 from doc_pipeline.settings import Settings
 from doc_pipeline_tests.conftest import create_database, use_home
+from doc_pipeline_tests.processes import ended_process_pid
 
 
 @pytest.fixture
@@ -77,19 +76,10 @@ def _context(instance, **recovery):
     return build_sensor_context(instance=instance, resources=resources)
 
 
-def _dead_pid() -> int:
-    finished = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(finished.stdout)
-
-
 def test_reaps_dead_and_silent_runs_and_leaves_live_ones(instance_and_engine):
     instance, engine = instance_and_engine
-    dead = _started_run(instance, engine, "deadworker00001", pid=_dead_pid(), beat_minutes_ago=1)
+    gone = ended_process_pid()
+    dead = _started_run(instance, engine, "deadworker00001", pid=gone, beat_minutes_ago=1)
     silent = _started_run(instance, engine, "silentworker001", pid=os.getpid(), beat_minutes_ago=45)
     # Alive: blocked in one long call for 20 minutes, its heartbeat a minute old.
     alive = _started_run(instance, engine, "aliveworker0001", pid=os.getpid(), beat_minutes_ago=1)
