@@ -204,25 +204,28 @@ def test_documents_made_by_the_previous_release_become_their_first_version(empty
         engine.dispose()
 
 
-def _indexes(url: str) -> set[str]:
+def _index_definitions(url: str) -> dict[str, str]:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            return set(
+            return dict(
                 conn.execute(
-                    sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")
-                ).scalars()
+                    sa.text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'embeddings'"
+                    )
+                ).all()
             )
     finally:
         engine.dispose()
 
 
-def test_0008_adds_the_hnsw_index_for_256_wide_vectors_and_its_downgrade_drops_it(
+def test_0008_indexes_both_widths_at_half_precision_and_its_downgrade_restores_0007(
     empty_database_url,
 ):
-    """A home at 0007 (the previous release) with the lexical embedder's 768-wide vectors:
-    0008 adds the index for the local embedder's 256-wide ones, keeping the 768 index and the
-    rows; down and up again."""
+    """A home at 0007 (the previous release) with 768-wide vectors: 0008 replaces the 768 index
+    of full vectors by half-precision HNSW indexes for 768 and 256 wide vectors (the local
+    embedder's), keeping the rows and the other indexes; its downgrade gives 0007's indexes back
+    exactly; up again."""
     url = empty_database_url
     migrate.upgrade(url, "0007")
     engine = sa.create_engine(url, poolclass=sa.NullPool)
@@ -236,15 +239,37 @@ def test_0008_adds_the_hnsw_index_for_256_wide_vectors_and_its_downgrade_drops_i
                 ),
                 {"sha": "c" * 64},
             )
-        assert "ix_embeddings_hnsw_256" not in _indexes(url)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO chunks (id, document_id, chunk_index, content, start_offset,"
+                    " end_offset, word_count, char_count, heading_path, metadata) VALUES"
+                    " ('c1', 'doc', 0, 'a', 0, 1, 1, 1, '{}', '{}')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO embeddings (chunk_id, model, document_id, dimensions, embedding,"
+                    " text_sha256) VALUES ('c1', 'm', 'doc', 768, :vector, :key)"
+                ),
+                {"vector": str([1.0] + [0.0] * 767), "key": text_key("a")},
+            )
+        before = _index_definitions(url)
+        assert "ix_embeddings_hnsw_768" in before
         migrate.upgrade(url)
-        assert {"ix_embeddings_hnsw_256", "ix_embeddings_hnsw_768"} <= _indexes(url)
+        after = _index_definitions(url)
+        added = {name: after[name] for name in after.keys() - before.keys()}
+        assert set(added) == {"ix_embeddings_hnsw_halfvec_768", "ix_embeddings_hnsw_halfvec_256"}
+        for width in (768, 256):
+            definition = added[f"ix_embeddings_hnsw_halfvec_{width}"]
+            assert f"((embedding)::halfvec({width})) halfvec_cosine_ops" in definition
+            assert "m='24'" in definition and "ef_construction='128'" in definition
+            assert f"WHERE (dimensions = {width})" in definition
+        assert before.keys() - after.keys() == {"ix_embeddings_hnsw_768"}
         with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT count(*) FROM documents")).scalar_one() == 1
+            assert conn.execute(sa.text("SELECT count(*) FROM embeddings")).scalar_one() == 1
         migrate.downgrade(url, "0007")
-        assert "ix_embeddings_hnsw_256" not in _indexes(url)
-        assert "ix_embeddings_hnsw_768" in _indexes(url)
+        assert _index_definitions(url) == before
         migrate.upgrade(url)
-        assert "ix_embeddings_hnsw_256" in _indexes(url)
+        assert _index_definitions(url) == after
     finally:
         engine.dispose()

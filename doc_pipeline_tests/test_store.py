@@ -8,7 +8,11 @@ from doc_pipeline.core.ids import chunk_ids
 from doc_pipeline.core.semantic import SemanticConfig
 from doc_pipeline.core.vectors import text_key
 from doc_pipeline.db import store
-from doc_pipeline.db.semantic_search import find_semantic_edges, nearest_other_documents
+from doc_pipeline.db.semantic_search import (
+    find_semantic_edges,
+    nearest_other_documents,
+    set_search_settings,
+)
 
 
 def _rows(document_id: str, contents: list[str]) -> list[dict]:
@@ -162,25 +166,55 @@ def test_connection_constraints_hold(engine):
         )
 
 
+def _embed_random(engine, width: int, documents: int = 3, chunks: int = 200) -> list[str]:
+    """Documents docA, docB, ... of random unit vectors of that width; docA's chunk ids."""
+    rng = np.random.default_rng(7)
+    ids = {}
+    for document in [f"doc{chr(ord('A') + i)}" for i in range(documents)]:
+        contents = [f"{document} chunk {i}" for i in range(chunks)]
+        vectors = [v / np.linalg.norm(v) for v in rng.normal(size=(chunks, width))]
+        ids[document] = _embed(engine, document, contents, [v.astype(np.float32) for v in vectors])
+    return ids["docA"]
+
+
 @pytest.mark.parametrize("width", [768, 256])  # gemini's vectors; the local embedder's
 def test_nearest_neighbour_search_walks_the_hnsw_index(engine, width):
-    rng = np.random.default_rng(7)
-    for document in ("docA", "docB", "docC"):
-        contents = [f"{document} chunk {i}" for i in range(200)]
-        vectors = [v / np.linalg.norm(v) for v in rng.normal(size=(200, width))]
-        _embed(engine, document, contents, [v.astype(np.float32) for v in vectors])
+    own = _embed_random(engine, width)
+    config = SemanticConfig(min_similarity=0.0)
     with engine.begin() as conn:
-        # On a table this small, scanning and sorting is cheaper and the planner rightly picks it
-        # (which scan depends on when autovacuum analyzed the table); with sorting and those
-        # scans ruled out, only an ordered index scan can answer, and the plan shows that the
-        # query's expression matches the HNSW index of that width.
+        # On a table this small, scanning and sorting looks cheaper to the planner (which scan
+        # depends on when autovacuum analyzed the table); the search's own settings leave it
+        # the index walk only, and the plan shows that the query's expression matches the
+        # half-precision HNSW index of that width.
         conn.execute(sa.text("ANALYZE embeddings"))
-        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
-            conn.execute(sa.text(f"SET LOCAL {setting} = off"))
+        set_search_settings(conn, config)
         plan = conn.execute(
-            sa.text(f"EXPLAIN {nearest_other_documents(width).text}"),
-            {"document_id": "docA", "model": "m", "top_k": 5},
+            sa.text(f"EXPLAIN {nearest_other_documents(width, 5).text}"),
+            {"chunk_ids": own, "model": "m"},
         ).scalars()
-        assert f"ix_embeddings_hnsw_{width}" in "\n".join(plan)
-        edges = find_semantic_edges(conn, "docA", "m", SemanticConfig(min_similarity=0.0))
+        assert f"Index Scan using ix_embeddings_hnsw_halfvec_{width}" in "\n".join(plan)
+        edges = find_semantic_edges(conn, "docA", "m", config)
     assert len(edges) == 200 * 5
+
+
+def test_searching_over_several_connections_finds_the_same_edges(engine):
+    """The document's chunks split over connections that search at once: the same edges in the
+    same order as one connection, each with its exact similarity."""
+    own = _embed_random(engine, 256, documents=2, chunks=100)
+    found = {}
+    for connections in (1, 3):
+        with engine.begin() as conn:
+            config = SemanticConfig(min_similarity=-1.0, top_k=3, search_connections=connections)
+            found[connections] = find_semantic_edges(conn, "docA", "m", config)
+    assert found[3] == found[1]
+    assert len(found[1]) == 100 * 3 and {e.source_chunk_id for e in found[1]} == set(own)
+    with engine.connect() as conn:
+        edge = found[3][-1]
+        exact = conn.execute(
+            sa.text(
+                "SELECT 1 - (s.embedding <=> o.embedding) FROM embeddings s, embeddings o"
+                " WHERE s.chunk_id = :source AND o.chunk_id = :target"
+            ),
+            {"source": edge.source_chunk_id, "target": edge.target_chunk_id},
+        ).scalar_one()
+    assert edge.metadata["similarity"] == pytest.approx(max(0.0, exact), abs=1e-6)

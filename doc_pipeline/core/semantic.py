@@ -15,11 +15,17 @@ from doc_pipeline.core.edges import Edge
 
 CONNECTION_TYPE = "semantic"
 
+
 @dataclass(frozen=True)
 class SemanticConfig:
     min_similarity: float  # depends on the embedder (each provider calibrates its own)
     top_k: int = 5
-    ef_search: int = 100
+    # HNSW's candidate list per chunk (`hnsw.ef_search`): recall against time (BENCHMARKS.md,
+    # "Connections at library scale": at 1M 768-wide chunks, 100 gave recall@10 0.94, 200 0.96).
+    ef_search: int = 200
+    # The document's chunks are searched over this many database connections at once: each
+    # runs in a backend of its own, so on as many cores.
+    search_connections: int = 2
     # Strength = similarity, blended with the target chunk's importance where the chunker
     # gave one: (1 - w) * similarity + w * importance.
     importance_weight: float = 0.2
