@@ -4,7 +4,8 @@ blobs on an S3-compatible server (moto's) and the fake Gemini server on loopback
 
 - A book dropped into the uploads location (in the bucket) is picked up by the uploads sensor
   of a code server on host worker-1, whose run worker (there too) is killed with the whole host
-  mid-chunking. The Dagster daemon on this host keeps going; once a code server runs again (on
+  mid-chunking, and the Dagster daemon on this host with it: every Dagster process is gone and
+  the run stays STARTED. Once a daemon and a code server run again (the code server on
   worker-2) the reaper fails the run from its heartbeats' age (worker-1's pids mean nothing
   elsewhere) and Dagster retries it there: the document ends with a clean run's data, and only
   the requests in flight at the kill are paid twice.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +52,7 @@ FAST_LIVENESS = {
     "DOC_PIPELINE_AI_LEASE_SECONDS": "6",
     "DOC_PIPELINE_REAPER_INTERVAL_SECONDS": "3",
     "DOC_PIPELINE_UPLOADS_INTERVAL_SECONDS": "2",
+    "DOC_PIPELINE_UPLOADS_SETTLE_SECONDS": "2",
     "DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS": "3",
     "DOC_PIPELINE_RETRY_BACKOFF_SECONDS": "2",
 }
@@ -200,7 +203,7 @@ def _start_daemon(folder: Path, port: int, env: dict[str, str]) -> subprocess.Po
         f"      port: {port}\n      location_name: doc_pipeline\n"
     )
     daemon = Path(sys.executable).with_name("dagster-daemon")
-    with open(folder / "daemon.log", "w") as log:
+    with open(folder / "daemon.log", "a") as log:
         return subprocess.Popen(
             [daemon, "run", "-w", workspace],
             env=env,
@@ -210,7 +213,7 @@ def _start_daemon(folder: Path, port: int, env: dict[str, str]) -> subprocess.Po
         )
 
 
-def test_a_worker_host_killed_mid_chunking_is_reaped_and_retried_on_another(
+def test_every_dagster_process_killed_mid_chunking_the_run_is_retried_on_another_host(
     postgres_server, tmp_path, monkeypatch, fake, s3_module, start_host, clean_flatland
 ):
     s3 = s3_module
@@ -231,7 +234,7 @@ def test_a_worker_host_killed_mid_chunking_is_reaped_and_retried_on_another(
     port = free_port()
     slow_down(fake, "chunking")
     fake.clear_requests()
-    daemon = _start_daemon(tmp_path, port, here)
+    daemons = [_start_daemon(tmp_path, port, here)]
     try:
         worker_1 = _start_code_server(start_host, "worker-1", port, deployment_host("worker-1"))
         s3.client().put_file(str(FLATLAND), f"{BUCKET}/incoming/{FLATLAND.name}")
@@ -250,12 +253,17 @@ def test_a_worker_host_killed_mid_chunking_is_reaped_and_retried_on_another(
             chunking_on_worker_1, 300, "worker-1's run worker to be chunking", 0.05
         )
         worker_1.kill()  # the code server, its run worker, everything on that host
+        os.killpg(daemons[0].pid, signal.SIGKILL)  # and the daemon here
         killed_at = time.monotonic()
+        daemons[0].wait(30)
         in_flight = requests_in_flight(fake, engine, run_id, "chunking", killed_at)
         assert in_flight >= 1
-
-        _start_code_server(start_host, "worker-2", port, deployment_host("worker-2"))
         use_home(monkeypatch, tmp_path / "here", database_url)
+        with open_instance(Settings.from_env()) as instance:
+            assert instance.get_run_by_id(run_id).status.value == "STARTED"  # stuck
+
+        daemons.append(_start_daemon(tmp_path, port, here))
+        _start_code_server(start_host, "worker-2", port, deployment_host("worker-2"))
         wait_until(
             document_settled(engine, document_id, "connected"),
             300,
@@ -263,7 +271,8 @@ def test_a_worker_host_killed_mid_chunking_is_reaped_and_retried_on_another(
             1,
         )
     finally:
-        stop_process_group(daemon)
+        for daemon in daemons:
+            stop_process_group(daemon)
 
     with open_instance(Settings.from_env()) as instance:
         original = instance.get_run_by_id(run_id)

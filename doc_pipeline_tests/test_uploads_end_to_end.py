@@ -33,6 +33,7 @@ def test_books_dropped_into_uploads_end_connected(postgres_server, tmp_path, mon
     use_home(monkeypatch, tmp_path / "home", create_database(postgres_server))
     monkeypatch.setenv("DOC_PIPELINE_PROVIDER", "local")
     monkeypatch.setenv("DOC_PIPELINE_UPLOADS_INTERVAL_SECONDS", "2")
+    monkeypatch.setenv("DOC_PIPELINE_UPLOADS_SETTLE_SECONDS", "2")
     monkeypatch.setenv("DOC_PIPELINE_AUTOMATION_INTERVAL_SECONDS", "2")
     settings = Settings.from_env()
     engine = prepare_app_database(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,13 +34,17 @@ def _modified(info: dict) -> datetime | None:
     return None
 
 
+SETTLE_SECONDS_ENV = "DOC_PIPELINE_UPLOADS_SETTLE_SECONDS"
+
+
 class Uploads(ConfigurableResource):
     """`url`: the uploads location (default `$DOC_PIPELINE_HOME/uploads`, or the
-    DOC_PIPELINE_UPLOADS_URL environment variable); `settle_seconds`: how long a file's size
-    and modification time must stay the same before it counts as completely written."""
+    DOC_PIPELINE_UPLOADS_URL environment variable); `settle_seconds` (default from
+    DOC_PIPELINE_UPLOADS_SETTLE_SECONDS, else 10): how long a file's size and modification time
+    must stay the same before it counts as completely written."""
 
     url: str | None = None
-    settle_seconds: float = 10.0
+    settle_seconds: float = float(os.environ.get(SETTLE_SECONDS_ENV, "10"))
 
     def location(self) -> str:
         return self.url or Settings.from_env().uploads_url
