@@ -593,10 +593,9 @@ class Bench:
 
     def exact_sample(self, dimensions: int, size: int) -> list[str] | None:
         """None (the whole book) unless exact search of the whole book is projected, from the
-        previous size, to take longer than allowed: then evenly spaced chunks that fit."""
+        previous size (or a probe of this one), to take longer than allowed: then evenly spaced
+        chunks that fit."""
         chunks = self.data.book.size
-        if dimensions not in self.exact_cost:
-            return None
         projected = self.exact_cost[dimensions] * chunks * size
         if projected <= self.max_exact_minutes * 60:
             return None
@@ -648,6 +647,12 @@ class Bench:
         }
         plans = {ef: plan(engine, dimensions, ef, chunks) for ef in self.ef_values}
         log("  production: " + ", ".join(f"ef {ef} {r.seconds:.2f} s" for ef, r in runs.items()))
+        if dimensions not in self.exact_cost:
+            # No smaller size was measured (--sizes starts large): a few chunks first, so that
+            # a whole book of full scans at 1M is not started blind (600 x 11 s at 768 wide).
+            probe = [book_chunk_id(i) for i in np.linspace(0, chunks - 1, 3).astype(int)]
+            probed = connect_exactly(engine, postmaster, dimensions, probe)
+            self.exact_cost[dimensions] = probed.seconds / (len(probed.neighbours) * size)
         sample = self.exact_sample(dimensions, size)
         if sample is None:
             sample = [book_chunk_id(i) for i in range(chunks)]
