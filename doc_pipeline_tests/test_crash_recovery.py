@@ -1,10 +1,11 @@
 """Real crashes on a real instance with its daemon (`doc-pipeline ui`): the run worker is killed
-with SIGKILL inside chunking and inside connecting. The reaper fails the dead run, a retry
+with SIGKILL inside connecting. The reaper fails the dead run, a retry
 resumes it from the failed step, and the document ends with the data of a clean run (chunk ids,
 vectors, connections), no AI request paid twice but those in flight at the kill (several:
 requests are concurrent), and no foreign-key error. Also a new version dropped into `uploads/`,
-killed inside embedding, before it supersedes the current one. (Killing every Dagster process
-at once, daemon and code server included, and starting them again is in test_across_hosts.py.)"""
+killed inside embedding, before it supersedes the current one. (A kill inside chunking, with
+several requests in flight, is in test_across_hosts.py: every Dagster process killed at once,
+daemon and code server included, and started again.)"""
 
 from __future__ import annotations
 
@@ -136,12 +137,13 @@ def _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean,
 
 # Extracting is left to bench/recovery.py (it has no AI request and no row but the document's
 # to lose); the suite's time goes to the stages that write chunks, vectors and connections.
-# Embedding's kill is the new version's below (its embedding request in flight).
-@pytest.mark.parametrize("stage", ["chunking", "connecting"])
+# Embedding's kill is the new version's below (its embedding request in flight); chunking's is
+# test_across_hosts.py's (the whole host killed, the retry on another).
 def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
-    crash_home, fake, clean, tmp_path, stage
+    crash_home, fake, clean, tmp_path
 ):
     engine, document_id = crash_home
+    stage = "connecting"
     slow_down(fake, stage)
     port = free_port()
     ui = start_ui(port, tmp_path / "ui.log")
@@ -160,18 +162,15 @@ def test_a_killed_run_worker_is_reaped_and_the_retry_completes_the_document(
     finally:
         stop_process_group(ui)
     # Requests go out concurrently: several can be in flight at the kill, never more than
-    # the limit (chunking: the kill lands with requests still being answered).
+    # the limit.
     assert in_flight <= GeminiProvider().max_concurrent_requests
-    if stage == "chunking":
-        assert in_flight >= 2
     _assert_recovered_like_a_clean_run(engine, document_id, run_id, fake, clean, in_flight)
-    if stage == "connecting":
-        # Killed at its write, the worker had paid for every bridge judgement and committed
-        # it: the retry found them all in the ledger.
-        paid = ai_call_counts(
-            engine, "run_id", outcome="paid", document_id=document_id, stage="connections"
-        )
-        assert list(paid) == [run_id]
+    # Killed at its write, the worker had paid for every bridge judgement and committed it: the
+    # retry found them all in the ledger.
+    paid = ai_call_counts(
+        engine, "run_id", outcome="paid", document_id=document_id, stage="connections"
+    )
+    assert list(paid) == [run_id]
 
 
 def test_a_new_version_from_uploads_killed_before_it_supersedes_is_retried_to_current(
