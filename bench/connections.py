@@ -600,7 +600,19 @@ class Bench:
         if projected <= self.max_exact_minutes * 60:
             return None
         count = max(30, int(chunks * self.max_exact_minutes * 60 / projected))
+        return self.evenly_spaced(count)
+
+    def evenly_spaced(self, count: int) -> list[str]:
+        """`count` of the book's chunk ids, from its first chunk to its last."""
+        chunks = self.data.book.size
         return [book_chunk_id(i) for i in np.linspace(0, chunks - 1, count).astype(int)]
+
+    def exactly(self, dimensions: int, size: int, chunk_ids: list[str]) -> Run:
+        """Exact search for those chunks, its cost per chunk and library row kept for the
+        projections of `exact_sample`."""
+        run = connect_exactly(self.engine, self.postmaster, dimensions, chunk_ids)
+        self.exact_cost[dimensions] = run.seconds / (len(run.neighbours) * size)
+        return run
 
     def median(self, connect, repeats: int = 3) -> Run:
         """The median of a few connects: they take seconds, and the machine is shared."""
@@ -650,18 +662,15 @@ class Bench:
         if dimensions not in self.exact_cost:
             # No smaller size was measured (--sizes starts large): a few chunks first, so that
             # a whole book of full scans at 1M is not started blind (600 x 11 s at 768 wide).
-            probe = [book_chunk_id(i) for i in np.linspace(0, chunks - 1, 3).astype(int)]
-            probed = connect_exactly(engine, postmaster, dimensions, probe)
-            self.exact_cost[dimensions] = probed.seconds / (len(probed.neighbours) * size)
+            self.exactly(dimensions, size, self.evenly_spaced(3))
         sample = self.exact_sample(dimensions, size)
         if sample is None:
             sample = [book_chunk_id(i) for i in range(chunks)]
         else:
             log(f"  exact search of {len(sample)} of the {chunks} chunks (projected too long)")
-        exact = connect_exactly(engine, postmaster, dimensions, sample)
+        exact = self.exactly(dimensions, size, sample)
         exact_plan = plan(engine, dimensions, self.production_ef, chunks, exact=True)
         measured = len(exact.neighbours)
-        self.exact_cost[dimensions] = exact.seconds / (measured * size)
         exact_seconds = exact.seconds * chunks / measured  # linear: one full scan per chunk
         production = runs[self.production_ef]
         figures = {
