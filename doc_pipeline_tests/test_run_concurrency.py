@@ -43,7 +43,10 @@ def test_one_active_run_per_document_and_ai_steps_share_the_pool(
     with FakeGemini() as fake:
         monkeypatch.setenv("GEMINI_API_KEY", "test-key")
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
-        fake.add_fault("generateContent", delay_seconds=0.2)
+        # Answers slow enough that the first run is still going when the other document's run
+        # has been dequeued and its worker started (0.2 s left the runs 0.16 s apart once runs
+        # got cheaper).
+        fake.add_fault("generateContent", delay_seconds=1.0)
         settings = Settings.from_env()
         engine = prepare_app_database(settings)
         flatland, rabbit = (register_file(engine, settings.blob_dir, b).document_id for b in BOOKS)
