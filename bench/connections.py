@@ -14,8 +14,9 @@ embedded Postgres and grown step by step to each size; every chunk has a vector 
   pg_indexes) built, then `find_semantic_edges` (doc_pipeline/db/semantic_search.py) for a
   600-chunk book with top_k 10, nothing filtered by similarity, with the production ef_search
   and connections (SemanticConfig's defaults) and at other ef_search values. Each connect is
-  the median of 3 runs, after one that warms the caches. Index builds use maintenance_work_mem
-  6GB and one parallel worker besides the leader (both cores);
+  the median of 5, timed in rounds over the ef_search values after one that warms the caches
+  (the before configuration's: the median of 3). Index builds use maintenance_work_mem 6GB and
+  one parallel worker besides the leader (both cores), and end with a CHECKPOINT;
 - the baseline: the production query for the book on one connection, in a transaction with
   index scans disabled, which the planner answers with a sequential scan and a top-N sort per
   chunk: exact search. When that is projected (from the previous size) to take longer than
@@ -565,6 +566,9 @@ def build_index(engine, index_sql: str, postmaster: int, max_minutes: float) -> 
                 watcher.join()
             seconds = time.perf_counter() - started
         conn.execute(sa.text("ANALYZE embeddings"))
+        # The build leaves the index's pages dirty: written out now, not by the checkpointer
+        # while the connects are timed (that made ef 150 slower than ef 200 in one run).
+        conn.execute(sa.text("CHECKPOINT"))
         conn.commit()
     return {"seconds": seconds, "server_peak_pss": memory.peak, "parallel_workers": memory.workers}
 
@@ -619,6 +623,16 @@ class Bench:
         runs = [connect() for _ in range(repeats)]
         return sorted(runs, key=lambda r: r.seconds)[repeats // 2]
 
+    @staticmethod
+    def median_per_ef(connect, ef_values: list[int], rounds: int = 5) -> dict[int, Run]:
+        """The median connect at each ef_search, timed in rounds that take each value in turn,
+        so that a slow spell of the shared machine falls on all of them alike."""
+        runs: dict[int, list[Run]] = {ef: [] for ef in ef_values}
+        for _ in range(rounds):
+            for ef in ef_values:
+                runs[ef].append(connect(ef))
+        return {ef: sorted(r, key=lambda run: run.seconds)[rounds // 2] for ef, r in runs.items()}
+
     def build(self, index_sql: str) -> dict:
         return build_index(self.engine, index_sql, self.postmaster, self.max_build_minutes)
 
@@ -653,10 +667,9 @@ class Bench:
         log(f"  production: index built in {built['seconds']:.0f} s ({index_size / 2**20:,.0f} MB)")
         # The first connect after the build pays for cold caches: reported, not compared.
         first = connect_book(engine, postmaster, dimensions, self.production_ef)
-        runs = {
-            ef: self.median(lambda ef=ef: connect_book(engine, postmaster, dimensions, ef))
-            for ef in self.ef_values
-        }
+        runs = self.median_per_ef(
+            lambda ef: connect_book(engine, postmaster, dimensions, ef), self.ef_values
+        )
         plans = {ef: plan(engine, dimensions, ef, chunks) for ef in self.ef_values}
         log("  production: " + ", ".join(f"ef {ef} {r.seconds:.2f} s" for ef, r in runs.items()))
         if dimensions not in self.exact_cost:
