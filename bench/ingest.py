@@ -15,14 +15,15 @@ and layout of ours on their own.
 
     python bench/ingest.py [--corpus ../shared/corpus/epub] [--pdf-corpus ../shared/corpus/pdf]
                            [--repeat 5] [--json]
-    python bench/ingest.py --library [--jobs 1,2] [--json]
+    python bench/ingest.py --library [--jobs 1,2] [--whole-books] [--json]
 
 `--library`: the corpus's EPUBs and their parts repackaged as EPUBs of their own (33 documents,
 bench/library.py) ingested by `doc-pipeline ingest --jobs N` (a subprocess, as a user runs it,
 each N into a database of its own on the same server), against the bare script of
 bench/library.py (ebooklib, markdownify, hashed vectors, COPY, HNSW neighbours; also a
 subprocess) on the same books in the same run: wall time, words/s, the ratio to the bare
-script, and the sessions each run opened on the Dagster instance's database.
+script, and the sessions each run opened on the Dagster instance's database. `--whole-books`:
+the four books alone (fewer, larger documents: less of the cost per run).
 
 Runs in a temporary home with its own embedded Postgres, stopped at the end.
 """
@@ -236,8 +237,9 @@ def _timed(argv: list, env: dict[str, str]):
     return result, wall, cpu
 
 
-def library_figures(home: Path, server_url: str, jobs: list[int]) -> dict:
-    """The library through `doc-pipeline ingest --jobs N` for each N, and the bare script."""
+def library_figures(home: Path, server_url: str, jobs: list[int], parts: bool = True) -> dict:
+    """The library through `doc-pipeline ingest --jobs N` for each N, and the bare script
+    (without `parts`: the corpus's whole books only)."""
     import subprocess
 
     import sqlalchemy as sa
@@ -246,7 +248,7 @@ def library_figures(home: Path, server_url: str, jobs: list[int]) -> dict:
     from library import make_library
 
     library = home / "library"
-    books = make_library(sorted((CORPUS / "epub").glob("*.epub")), library)
+    books = make_library(sorted((CORPUS / "epub").glob("*.epub")), library, parts)
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as conn:
         for name in ["bare", *(f"jobs_{n}" for n in jobs)]:
@@ -360,6 +362,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--library", action="store_true", help="the library benchmark instead")
     parser.add_argument("--jobs", default="1,2", help="--library: the --jobs values to time")
+    parser.add_argument(
+        "--whole-books",
+        action="store_true",
+        help="--library: only the corpus's whole books, not their parts as documents of their own",
+    )
     args = parser.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     if args.library:
@@ -372,7 +379,8 @@ def main() -> None:
         settings = Settings.from_env()
         try:
             admin = database_urls(settings).admin
-            figures = library_figures(home, admin, [int(n) for n in args.jobs.split(",")])
+            jobs = [int(n) for n in args.jobs.split(",")]
+            figures = library_figures(home, admin, jobs, parts=not args.whole_books)
         finally:
             stop_embedded(settings.pgdata)
         if args.json:

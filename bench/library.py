@@ -53,15 +53,17 @@ def _words_of(archive: zipfile.ZipFile, folder: str, opf: str, idref: str) -> in
     return len(_TAG.sub(" ", text).split())
 
 
-def make_library(books: list[Path], folder: Path) -> list[Path]:
-    """The books, then each book's parts (PART_SPINE_ITEMS spine documents each, those with at
-    least MIN_PART_WORDS words) as EPUBs of their own."""
+def make_library(books: list[Path], folder: Path, parts: bool = True) -> list[Path]:
+    """The books, then (unless `parts` is false) each book's parts (PART_SPINE_ITEMS spine
+    documents each, those with at least MIN_PART_WORDS words) as EPUBs of their own."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     for book in books:
         whole = folder / book.name
         whole.write_bytes(book.read_bytes())
         made.append(whole)
+        if not parts:
+            continue
         with zipfile.ZipFile(book) as archive:
             opf_name = _opf_path(archive)
             opf = archive.read(opf_name).decode("utf-8")

@@ -22,6 +22,22 @@ CORPUS = PROJECT_ROOT.parent / "shared" / "corpus"
 GOOD_BOOKS = sorted((CORPUS / "epub").glob("*.epub"))
 GOOD_PDFS = sorted((CORPUS / "pdf").glob("*.pdf"))
 MALFORMED_BOOKS = sorted((CORPUS / "malformed").glob("*.epub"))
+# Modules with tests of a minute and more (dagster dev, killed workers and hosts). They are run
+# first, so that the workers of `-n auto` end together instead of one finishing a long test,
+# collected last, while the other waits.
+LONGEST_FIRST = {
+    "test_uploads_end_to_end",
+    "test_backfill",
+    "test_crash_recovery",
+    "test_across_hosts",
+    "test_run_concurrency",
+    "test_reaper_resume",
+    "test_parallel_ingest",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] not in LONGEST_FIRST)
 
 
 @pytest.fixture(scope="session")
