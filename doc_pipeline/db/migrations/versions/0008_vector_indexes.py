@@ -17,7 +17,7 @@ depends_on: str | Sequence[str] | None = None
 # One partial expression index per width in use: 768 for `gemini`, 256 for `local` (WordLlama).
 # halfvec halves the index (1M chunks, 768 wide: 3.9 GB as vectors, 2.0 GB) and finds the same
 # neighbours; m 24 and ef_construction 128 (pgvector's defaults: 16 and 64) give recall@10 above
-# 0.95 at a million chunks with ef_search 200 (BENCHMARKS.md, "Connections at library scale").
+# 0.95 at a million chunks with ef_search 130 (BENCHMARKS.md, "Connections at library scale").
 # Queries must use the same expression, `embedding::halfvec(N)` (db/semantic_search.py).
 WIDTHS = (768, 256)
 HNSW_PARAMETERS = "m = 24, ef_construction = 128"
