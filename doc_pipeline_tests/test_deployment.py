@@ -470,6 +470,11 @@ def _chart_instance(values: dict[str, Any]) -> dict[str, Any]:
             "run_k8s_config": {snake[k]: v for k, v in launcher["runK8sConfig"].items()},
         },
         "run_coordinator_class": daemon["runCoordinator"]["type"],
+        "run_coordinator": {
+            "dequeue_interval_seconds": daemon["runCoordinator"]["config"]["queuedRunCoordinator"][
+                "dequeueIntervalSeconds"
+            ]
+        },
         "concurrency": {
             "runs": {
                 "max_concurrent_runs": concurrency["runs"]["maxConcurrentRuns"],
@@ -514,6 +519,7 @@ def _file_instance(config: dict[str, Any]) -> dict[str, Any]:
             )
         },
         "run_coordinator_class": config["run_coordinator"]["class"],
+        "run_coordinator": config["run_coordinator"]["config"],
         "concurrency": config["concurrency"],
         "run_monitoring": config["run_monitoring"],
         "run_retries": config["run_retries"],
